@@ -1,0 +1,250 @@
+"""Collector definitions: SQL plus the mapping of its columns to metric families, as data.
+
+Built-in collectors live in `exporter/collectors/<name>.yaml`; users add their own under
+`collectors:` in config.yaml in the same format. The collector's name is its file name, its
+config key, its `--collector.<name>` switch and its metric prefix (`pg_<name>_...`).
+"""
+
+import itertools
+import re
+from enum import StrEnum
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from exporter.units import Duration
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+# Labels the exporter adds itself; a query may not produce them.
+RESERVED_LABELS = frozenset({"target"})
+
+
+class Usage(StrEnum):
+    """What a result column becomes."""
+
+    GAUGE = "gauge"  # a point-in-time value
+    COUNTER = "counter"  # a cumulative value; published with a `_total` suffix
+    LABEL = "label"  # a label on every metric of the row
+    IGNORE = "ignore"  # read but not published (e.g. a column used only for sorting)
+
+
+def _column_shorthand(value: Any) -> Any:
+    # `datname: label` is shorthand for `datname: {usage: label}`.
+    return {"usage": value} if isinstance(value, str) else value
+
+
+class Column(BaseModel):
+    """How one result column is published."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    usage: Usage
+    name: str | None = Field(
+        default=None, description="metric name after the collector prefix, or label name"
+    )
+    help: str = ""
+    unit: str | None = Field(default=None, description="base unit: seconds, bytes, ratio, ...")
+    scale: float = Field(default=1.0, description="multiplier, e.g. 0.001 for milliseconds")
+
+
+ColumnSpec = Annotated[Column, BeforeValidator(_column_shorthand)]
+
+
+class Branch(BaseModel):
+    """SQL for a range of server versions (`server_version_num`, min inclusive, max exclusive)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sql: str
+    min_version: int | None = None
+    max_version: int | None = None
+
+    def applies_to(self, version_num: int) -> bool:
+        return (self.min_version is None or version_num >= self.min_version) and (
+            self.max_version is None or version_num < self.max_version
+        )
+
+    @model_validator(mode="after")
+    def _range_not_empty(self) -> "Branch":
+        if (
+            self.min_version is not None
+            and self.max_version is not None
+            and self.min_version >= self.max_version
+        ):
+            raise ValueError("min_version must be lower than max_version")
+        return self
+
+
+class Query(BaseModel):
+    """One statement (or one per version range) and what its columns become."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="main", pattern=NAME_PATTERN)
+    sql: str | None = None
+    min_version: int | None = None
+    max_version: int | None = None
+    branches: tuple[Branch, ...] = ()
+    metrics: dict[str, ColumnSpec]
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Query":
+        if (self.sql is None) == (not self.branches):
+            raise ValueError("give either `sql` or `branches`, not both")
+        if self.branches and (self.min_version is not None or self.max_version is not None):
+            raise ValueError("put min_version/max_version on each branch")
+        if self.sql is not None:
+            # Normalise the single-SQL form into one branch so the runner sees one shape.
+            single = Branch(
+                sql=self.sql, min_version=self.min_version, max_version=self.max_version
+            )
+            object.__setattr__(self, "branches", (single,))
+        _check_no_overlap(self.branches)
+        if not any(c.usage in (Usage.GAUGE, Usage.COUNTER) for c in self.metrics.values()):
+            raise ValueError("metrics: map at least one column as gauge or counter")
+        for column, spec in self.metrics.items():
+            published = spec.name or column
+            if spec.usage is Usage.LABEL and published in RESERVED_LABELS:
+                raise ValueError(f"metrics.{column}: label name {published!r} is reserved")
+        return self
+
+    def branch_for(self, version_num: int) -> Branch | None:
+        return next((b for b in self.branches if b.applies_to(version_num)), None)
+
+
+def _check_no_overlap(branches: tuple[Branch, ...]) -> None:
+    ordered = sorted(branches, key=lambda b: b.min_version or 0)
+    for earlier, later in itertools.pairwise(ordered):
+        earlier_end = earlier.max_version if earlier.max_version is not None else 10**9
+        if (later.min_version or 0) < earlier_end:
+            raise ValueError(
+                f"version ranges overlap: [{earlier.min_version}, {earlier.max_version}) and "
+                f"[{later.min_version}, {later.max_version})"
+            )
+
+
+class Requirements(BaseModel):
+    """What the server or the monitoring role must have for the collector to run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    extensions: tuple[str, ...] = ()  # CREATE EXTENSION'd in the database queried
+    preload: tuple[str, ...] = ()  # in shared_preload_libraries
+    roles: tuple[str, ...] = ()  # role membership, e.g. pg_read_all_stats (superuser passes)
+
+
+class CollectorSpec(BaseModel):
+    """A complete collector definition."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    help: str
+    scope: Literal["server", "database"] = "server"
+    interval: Duration = 60.0
+    timeout: Duration = 10.0
+    enabled: bool = True
+    databases: tuple[str, ...] | None = Field(
+        default=None,
+        description="per-database scope only: regular expressions of the databases to visit",
+    )
+    requires: Requirements = Requirements()
+    queries: tuple[Query, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CollectorSpec":
+        if self.timeout > self.interval:
+            raise ValueError("timeout must not be longer than interval")
+        if self.databases is not None and self.scope != "database":
+            raise ValueError("databases: only for collectors with scope: database")
+        seen: set[str] = set()
+        for query in self.queries:
+            if query.name in seen:
+                raise ValueError(f"queries: two queries are named {query.name!r}")
+            seen.add(query.name)
+        return self
+
+
+class CollectorOverride(BaseModel):
+    """What config.yaml may change on a built-in collector."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+
+class Collector(BaseModel):
+    """A named collector as the scheduler runs it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    spec: CollectorSpec
+    builtin: bool
+
+    @property
+    def prefix(self) -> str:
+        return f"pg_{self.name}"
+
+    def metric_name(self, column: str, spec: Column) -> str:
+        base = f"{self.prefix}_{spec.name or column}"
+        if spec.usage is Usage.COUNTER and not base.endswith("_total"):
+            base += "_total"
+        return base
+
+
+def check_metric_names(collector: Collector) -> list[str]:
+    """Problems with the metric names a collector would publish, as `where: message`."""
+    problems: list[str] = []
+    owners: dict[str, str] = {}
+    for query in collector.spec.queries:
+        for column, spec in query.metrics.items():
+            where = f"queries.{query.name}.metrics.{column}"
+            if spec.usage is Usage.LABEL:
+                if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", spec.name or column):
+                    problems.append(f"{where}: not a valid label name")
+                continue
+            if spec.usage is Usage.IGNORE:
+                continue
+            name = collector.metric_name(column, spec)
+            if not _METRIC_NAME.match(name):
+                problems.append(f"{where}: {name!r} is not a valid metric name")
+            if spec.usage is Usage.GAUGE and name.endswith("_total"):
+                problems.append(f"{where}: `_total` is reserved for counters")
+            if spec.unit and spec.unit not in name.removesuffix("_total").split("_"):
+                problems.append(f"{where}: the name {name!r} should carry its unit {spec.unit!r}")
+            if name in owners:
+                problems.append(f"{where}: {name!r} is already published by {owners[name]}")
+            owners[name] = f"queries.{query.name}.metrics.{column}"
+    return problems
+
+
+def builtin_specs() -> dict[str, CollectorSpec]:
+    """The built-in catalogue, read from the package's collectors/*.yaml."""
+    specs: dict[str, CollectorSpec] = {}
+    folder = resources.files("exporter") / "collectors"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            name = entry.name.removesuffix(".yaml")
+            specs[name] = CollectorSpec.model_validate(yaml.safe_load(entry.read_text()))
+    return specs
+
+
+def resolve(
+    overrides: dict[str, CollectorOverride], custom: dict[str, CollectorSpec]
+) -> list[Collector]:
+    """Built-ins with their overrides applied, followed by the user's own collectors."""
+    collectors: list[Collector] = []
+    for name, builtin in builtin_specs().items():
+        override = overrides.get(name)
+        spec = builtin
+        if override is not None:
+            changes = override.model_dump(exclude_none=True)
+            spec = CollectorSpec.model_validate({**builtin.model_dump(), **changes})
+        collectors.append(Collector(name=name, spec=spec, builtin=True))
+    collectors.extend(Collector(name=n, spec=s, builtin=False) for n, s in custom.items())
+    return collectors

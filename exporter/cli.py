@@ -1,0 +1,179 @@
+"""Command line, Prometheus style.
+
+pg-health-exporter [--config FILE] [--web.listen-address HOST:PORT] [--log.level LEVEL]
+                   [--log.format logfmt|json] [--[no-]collector.NAME ...]
+pg-health-exporter check-config [--config FILE]
+pg-health-exporter once [--config FILE]
+pg-health-exporter demo [--web.listen-address HOST:PORT] [--data-dir DIR]
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter import __version__
+from exporter.app import Exporter, collect_once
+from exporter.catalogue import CollectorSpec, builtin_specs
+from exporter.config import (
+    DEFAULT_LISTEN_ADDRESS,
+    Config,
+    ConfigError,
+    config_from_environment,
+    load_config,
+)
+from exporter.demo import run_demo
+from exporter.logs import setup
+from exporter.signals import wait_for_signal
+from exporter.units import parse_listen_address
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("exporter")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    prog = "pg-health-exporter" + ("" if command == "run" else f" {command}")
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTIONS[command])
+    if command != "demo":
+        parser.add_argument(
+            "--config",
+            type=Path,
+            help="config file (default: one target from the DATA_SOURCE_NAME environment variable)",
+        )
+    if command in ("run", "demo"):
+        parser.add_argument(
+            "--web.listen-address",
+            dest="listen_address",
+            help=f"address to serve /metrics on (default: {DEFAULT_LISTEN_ADDRESS}, "
+            "or listen_address from the config)",
+        )
+    if command == "demo":
+        parser.add_argument(
+            "--data-dir", type=Path, help="keep the demo database here (default: a temporary dir)"
+        )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+    )
+    if command in ("run", "once"):
+        for name in builtin_specs():
+            parser.add_argument(
+                f"--collector.{name}",
+                dest=f"collector_{name}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"enable or disable the {name} collector",
+            )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+_DESCRIPTIONS = {
+    "run": "Prometheus exporter for PostgreSQL health: collects in the background, serves "
+    "/metrics from memory. Subcommands: check-config, once, demo.",
+    "check-config": "Validate the configuration without connecting; exit 2 on any problem.",
+    "once": "Run every collector once against every target and print the exposition.",
+    "demo": "Start an embedded PostgreSQL and serve the exporter against it.",
+}
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else config_from_environment()
+    switches = {
+        name: getattr(args, f"collector_{name}")
+        for name in builtin_specs()
+        if getattr(args, f"collector_{name}", None) is not None
+    }
+    if not switches:
+        return config
+    catalogue = tuple(
+        c.model_copy(update={"spec": _with_enabled(c.spec, switches[c.name])})
+        if c.name in switches
+        else c
+        for c in config.catalogue
+    )
+    return config.model_copy(update={"catalogue": catalogue})
+
+
+def _with_enabled(spec: CollectorSpec, enabled: bool) -> CollectorSpec:
+    return spec.model_copy(update={"enabled": enabled})
+
+
+def _secrets(config: Config) -> list[str]:
+    return [secret for target in config.targets for secret in target.secrets()]
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    config = _load(args)
+    if args.listen_address:
+        try:
+            parse_listen_address(args.listen_address)
+        except ValueError as exc:
+            raise ConfigError([f"--web.listen-address: {exc}"]) from None
+    setup(args.log_level, args.log_format, _secrets(config))
+    exporter = Exporter(config, listen_address=args.listen_address)
+    exporter.start()
+    log.info(
+        "serving metrics",
+        extra={
+            "address": args.listen_address or config.listen_address,
+            "targets": ",".join(t.name for t in config.targets),
+        },
+    )
+    wait_for_signal()
+    log.info("shutting down")
+    exporter.stop()
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    enabled = [c.name for c in config.catalogue if c.spec.enabled]
+    print(f"config OK: {len(config.targets)} target(s), collectors: {', '.join(enabled)}")
+    return EXIT_OK
+
+
+def _once(args: argparse.Namespace) -> int:
+
+    config = _load(args)
+    setup(args.log_level, args.log_format, _secrets(config))
+    sys.stdout.buffer.write(collect_once(config))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+
+    setup(args.log_level, args.log_format)
+    return run_demo(listen_address=args.listen_address or "127.0.0.1:9188", data_dir=args.data_dir)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "check-config": _check_config,
+    "once": _once,
+    "demo": _demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in _COMMANDS else "run"
+    args = _parser(command).parse_args(argv)
+    try:
+        return _COMMANDS[command](args)
+    except ConfigError as exc:
+        print("configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG

@@ -1,0 +1,150 @@
+"""Running one catalogue collector on one connection and turning its rows into metric families."""
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+import psycopg
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from psycopg import sql
+
+from exporter.catalogue import Branch, Collector, Query, Usage
+from exporter.facts import ServerFacts
+
+
+class CollectorUnavailable(Exception):
+    """The collector cannot run here (version, extension, privilege); not an error to retry."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CollectorFailed(Exception):
+    """The collector ran but its result cannot be published."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The SQL a collector runs on one server: one branch per query."""
+
+    steps: tuple[tuple[Query, Branch], ...]
+
+
+def plan(collector: Collector, facts: ServerFacts, extensions: frozenset[str]) -> Plan:
+    """Pick each query's branch for this server, or say why the collector cannot run."""
+    requires = collector.spec.requires
+    if facts.preload is not None:
+        missing = [lib for lib in requires.preload if lib not in facts.preload]
+        if missing:
+            return _unavailable(f"{', '.join(missing)} not in shared_preload_libraries")
+    missing = [ext for ext in requires.extensions if ext not in extensions]
+    if missing:
+        return _unavailable(f"extension {', '.join(missing)} not installed (CREATE EXTENSION)")
+    missing = [role for role in requires.roles if not facts.has_role(role)]
+    if missing:
+        return _unavailable(f"role is not a member of {', '.join(missing)}")
+    steps = []
+    for query in collector.spec.queries:
+        branch = query.branch_for(facts.version_num)
+        if branch is not None:
+            steps.append((query, branch))
+    if not steps:
+        return _unavailable(f"not available on PostgreSQL {facts.version}")
+    return Plan(steps=tuple(steps))
+
+
+def _unavailable(reason: str) -> Plan:
+    raise CollectorUnavailable(reason)
+
+
+def run(
+    conn: psycopg.Connection[tuple[object, ...]],
+    collector: Collector,
+    steps: Plan,
+    *,
+    labels: dict[str, str],
+    timeout_seconds: float,
+) -> list[Metric]:
+    """Run the plan in one read-only transaction bounded by the collector's timeout."""
+    families: list[Metric] = []
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("SET LOCAL statement_timeout = {}").format(
+                sql.Literal(f"{int(timeout_seconds * 1000)}ms")
+            )
+        )
+        for query, branch in steps.steps:
+            # The SQL is the catalogue's own text, not built from input: run it as written.
+            cursor = conn.execute(branch.sql.encode())
+            columns = [c.name for c in cursor.description or ()]
+            families.extend(to_families(collector, query, columns, cursor.fetchall(), labels))
+    return families
+
+
+def to_families(
+    collector: Collector,
+    query: Query,
+    columns: list[str],
+    rows: list[tuple[object, ...]],
+    labels: dict[str, str],
+) -> list[Metric]:
+    """Map result rows to metric families per the query's column usages."""
+    unmapped = [c for c in columns if c not in query.metrics]
+    if unmapped:
+        raise CollectorFailed(
+            f"query {query.name!r}: column(s) {', '.join(unmapped)} not mapped "
+            "(map them, or give them usage: ignore)"
+        )
+    label_columns = [c for c in columns if query.metrics[c].usage is Usage.LABEL]
+    label_names = [*labels, *(query.metrics[c].name or c for c in label_columns)]
+    clashes = set(labels) & set(label_names[len(labels) :])
+    if clashes:
+        raise CollectorFailed(f"query {query.name!r}: label(s) {', '.join(clashes)} set twice")
+    value_columns = [c for c in columns if query.metrics[c].usage in (Usage.GAUGE, Usage.COUNTER)]
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+    for column in value_columns:
+        spec = query.metrics[column]
+        name = collector.metric_name(column, spec)
+        help_text = spec.help or f"{column} from {collector.name}"
+        if spec.usage is Usage.COUNTER:
+            families[column] = CounterMetricFamily(name, help_text, labels=label_names)
+        else:
+            families[column] = GaugeMetricFamily(name, help_text, labels=label_names)
+    index = {c: i for i, c in enumerate(columns)}
+    seen: set[tuple[str, ...]] = set()
+    for row in rows:
+        label_values = (
+            *labels.values(),
+            *(_label_value(row[index[c]]) for c in label_columns),
+        )
+        if label_values in seen:
+            shared = dict(zip(label_names, label_values, strict=True))
+            raise CollectorFailed(f"query {query.name!r}: two rows share the labels {shared}")
+        seen.add(label_values)
+        for column in value_columns:
+            value = _number(row[index[column]])
+            if value is not None:
+                families[column].add_metric(list(label_values), value * query.metrics[column].scale)
+    return [f for f in families.values() if f.samples]
+
+
+def _label_value(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _number(value: object) -> float | None:
+    """A float for a sample, None for SQL NULL (the sample is left out, never published as 0)."""
+    match value:
+        case None:
+            return None
+        case bool():
+            return 1.0 if value else 0.0
+        case int() | float() | Decimal():
+            return float(value)
+        case dt.datetime():
+            return value.timestamp()
+        case dt.timedelta():
+            return value.total_seconds()
+        case _:
+            raise CollectorFailed(f"value {value!r} is not a number")

@@ -1,0 +1,286 @@
+"""Loading and validating config.yaml.
+
+Every problem is reported at once as `path.to.key: message` (the CLI exits with code 2), and no
+message ever repeats a password: DSNs are checked without echoing them.
+"""
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+import yaml
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from exporter.catalogue import (
+    NAME_PATTERN,
+    Collector,
+    CollectorOverride,
+    CollectorSpec,
+    builtin_specs,
+    check_metric_names,
+    resolve,
+)
+from exporter.units import Duration, parse_listen_address
+
+DEFAULT_LISTEN_ADDRESS = ":9188"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` lists each as `path.to.key: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class DatabaseFilter(BaseModel):
+    """Which databases per-database collectors visit (regular expressions, whole-name match)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    include: tuple[str, ...] = (".*",)
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return patterns
+
+    def allows(self, datname: str) -> bool:
+        return any(re.fullmatch(p, datname) for p in self.include) and not any(
+            re.fullmatch(p, datname) for p in self.exclude
+        )
+
+
+class TargetConfig(BaseModel):
+    """One PostgreSQL server to monitor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    type: Literal["postgres"] = "postgres"
+    dsn: SecretStr
+    password_file: Path | None = None
+    max_connections: int = Field(default=2, ge=2, le=20)
+    connect_timeout: Duration = 5.0
+    lock_timeout: Duration = 1.0
+    idle_in_transaction_timeout: Duration = 60.0
+    databases: DatabaseFilter = DatabaseFilter()
+    # Usually `${ENV_VAR}`; or read from password_file at load time. Never printed.
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "TargetConfig":
+        if self.password_file is not None and "password" in self.model_fields_set:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    @field_validator("dsn")
+    @classmethod
+    def _parses(cls, dsn: SecretStr) -> SecretStr:
+        try:
+            conninfo_to_dict(dsn.get_secret_value())
+        except psycopg.ProgrammingError:
+            # libpq's own message may quote the DSN, password included: say it in our words.
+            raise ValueError("not a valid libpq connection string or postgresql:// URI") from None
+        return dsn
+
+    def conninfo(self, dbname: str | None = None) -> str:
+        """The full connection string, secret included: only for handing to libpq."""
+        extra: dict[str, Any] = {}
+        if self.password is not None:
+            extra["password"] = self.password.get_secret_value()
+        if dbname is not None:
+            extra["dbname"] = dbname
+        return make_conninfo(self.dsn.get_secret_value(), **extra)
+
+    def secrets(self) -> list[str]:
+        """Every password this target knows, so messages can be scrubbed of them."""
+        found = [self.password.get_secret_value()] if self.password is not None else []
+        in_dsn = conninfo_to_dict(self.dsn.get_secret_value()).get("password")
+        if in_dsn:
+            found.append(str(in_dsn))
+        return [s for s in found if s]
+
+    def safe_dsn(self) -> str:
+        """The DSN without its password, for logs and the landing page."""
+        params = conninfo_to_dict(self.dsn.get_secret_value())
+        params.pop("password", None)
+        return make_conninfo("", **params)
+
+
+class Config(BaseModel):
+    """The whole validated configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+    up_interval: Duration = 15.0
+    max_age_intervals: float = Field(default=3.0, ge=1.0)
+    targets: tuple[TargetConfig, ...] = Field(min_length=1)
+    collectors: dict[str, Any] = Field(default_factory=dict)
+    # Resolved from `collectors`: built-ins with overrides, then custom definitions.
+    catalogue: tuple[Collector, ...] = Field(default=(), exclude=True)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        parse_listen_address(address)
+        return address
+
+    @model_validator(mode="after")
+    def _unique_target_names(self) -> "Config":
+        names = [t.name for t in self.targets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"targets: duplicate target name(s): {', '.join(duplicates)}")
+        return self
+
+    def collector(self, name: str) -> Collector:
+        return next(c for c in self.catalogue if c.name == name)
+
+
+def _format_location(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location) or "(top level)"
+
+
+def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for item in error.errors():
+        where = _format_location(tuple(item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{prefix}{where}: {message}")
+    return problems
+
+
+def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
+    """Replace `${VAR}` in every string with the environment variable's value."""
+    if isinstance(node, dict):
+        return {
+            k: _interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}.{i}", problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            value = os.environ.get(match.group(1))
+            if value is None:
+                problems.append(f"{path}: environment variable {match.group(1)} is not set")
+                return ""
+            return value
+
+        return _ENV_REFERENCE.sub(substitute, node)
+    return node
+
+
+def _read_password_files(config: Config, problems: list[str]) -> Config:
+    """Fill each target's password from its password_file."""
+    targets = []
+    for index, target in enumerate(config.targets):
+        if target.password_file is None:
+            targets.append(target)
+            continue
+        try:
+            secret = target.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            problems.append(
+                f"targets.{index}.password_file: cannot read {target.password_file}: {exc.strerror}"
+            )
+            targets.append(target)
+        else:
+            targets.append(target.model_copy(update={"password": SecretStr(secret)}))
+    return config.model_copy(update={"targets": tuple(targets)})
+
+
+def _resolve_collectors(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
+    problems: list[str] = []
+    builtins = builtin_specs()
+    overrides: dict[str, CollectorOverride] = {}
+    custom: dict[str, CollectorSpec] = {}
+    for name, body in raw.items():
+        where = f"collectors.{name}."
+        try:
+            if name in builtins:
+                overrides[name] = TypeAdapter(CollectorOverride).validate_python(body or {})
+            elif not re.match(NAME_PATTERN, name):
+                problems.append(f"collectors.{name}: names are lower_snake_case")
+            else:
+                custom[name] = TypeAdapter(CollectorSpec).validate_python(body)
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, where))
+    collectors: list[Collector] = []
+    if not problems:
+        try:
+            collectors = resolve(overrides, custom)
+        except ValidationError as exc:  # an override that breaks a built-in's invariants
+            problems.extend(validation_problems(exc, "collectors."))
+    for collector in collectors:
+        problems.extend(f"collectors.{collector.name}.{p}" for p in check_metric_names(collector))
+    return collectors, problems
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping of settings"])
+    problems: list[str] = []
+    raw = _interpolate(raw, "", problems)
+    config: Config | None = None
+    try:
+        config = _read_password_files(Config.model_validate(raw), problems)
+    except ValidationError as exc:
+        problems.extend(validation_problems(exc))
+    raw_collectors = raw.get("collectors")
+    collectors, collector_problems = _resolve_collectors(
+        raw_collectors if isinstance(raw_collectors, dict) else {}
+    )
+    problems.extend(collector_problems)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config.model_copy(update={"catalogue": tuple(collectors)})
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_config(raw)
+
+
+def config_from_environment() -> Config:
+    """The Go exporter's convention: DATA_SOURCE_NAME alone defines one target, `default`."""
+    dsn = os.environ.get("DATA_SOURCE_NAME")
+    if not dsn:
+        raise ConfigError(
+            ["(top level): no configuration: pass --config FILE or set DATA_SOURCE_NAME"]
+        )
+    return parse_config({"targets": [{"name": "default", "dsn": dsn}]})

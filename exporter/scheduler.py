@@ -1,0 +1,105 @@
+"""Background jobs: one `up` probe per target and one job per (target, collector).
+
+APScheduler 3.x runs them on a bounded thread pool. Each job runs at most once at a time
+(max_instances=1), missed runs collapse into one (coalesce), and a small jitter spreads jobs of
+the same interval so they do not all hit the server in the same second.
+"""
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter.catalogue import Collector
+from exporter.collection import probe_target, run_collector
+from exporter.store import Store
+from exporter.targets import Target, TargetRegistry
+
+log = logging.getLogger(__name__)
+
+MAX_JITTER_SECONDS = 5.0
+
+
+def _jitter(interval: float) -> float:
+    return min(interval * 0.1, MAX_JITTER_SECONDS)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        registry: TargetRegistry,
+        store: Store,
+        collectors: Iterable[Collector],
+        *,
+        up_interval: float,
+        max_age_intervals: float,
+        max_workers: int = 8,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._collectors = [c for c in collectors if c.spec.enabled]
+        self._up_interval = up_interval
+        self._max_age_intervals = max_age_intervals
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max_workers)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=dt.UTC,
+        )
+
+    @property
+    def collectors(self) -> list[Collector]:
+        return list(self._collectors)
+
+    def start(self) -> None:
+        for target in self._registry:
+            self.add_target(target)
+        self._scheduler.start()
+
+    def add_target(self, target: Target) -> None:
+        """Schedule a target's jobs; the first run of each is now, not one interval from now."""
+        now = dt.datetime.now(dt.UTC)
+        self._scheduler.add_job(
+            probe_target,
+            "interval",
+            args=[target],
+            seconds=self._up_interval,
+            jitter=_jitter(self._up_interval),
+            next_run_time=now,
+            id=f"{target.name}/up",
+            misfire_grace_time=int(self._up_interval),
+        )
+        for collector in self._collectors:
+            interval = collector.spec.interval
+            self._scheduler.add_job(
+                run_collector,
+                "interval",
+                args=[target, collector, self._store],
+                kwargs={"max_age": interval * self._max_age_intervals},
+                seconds=interval,
+                jitter=_jitter(interval),
+                next_run_time=now,
+                id=f"{target.name}/{collector.name}",
+                misfire_grace_time=int(interval),
+            )
+
+    def remove_target(self, name: str) -> None:
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith(f"{name}/"):
+                job.remove()
+
+    def shutdown(self) -> None:
+        """Stop scheduling and wait for running jobs (each is bounded by its statement timeout)."""
+        self._scheduler.shutdown(wait=True)
+
+
+def run_all_once(
+    registry: TargetRegistry, store: Store, collectors: Iterable[Collector], *, max_age: float
+) -> None:
+    """Probe every target and run every enabled collector once, in order (the `once` command)."""
+    enabled = [c for c in collectors if c.spec.enabled]
+    for target in registry:
+        probe_target(target)
+        for collector in enabled:
+            run_collector(target, collector, store, max_age=max_age)

@@ -1,0 +1,74 @@
+"""The exporter's own metrics: is each target up, and how fresh and healthy is each collector."""
+
+import platform
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter import __version__
+from exporter.render import RenderedFamily, render
+from exporter.store import TargetStatus
+
+
+def self_metrics(targets: dict[str, TargetStatus]) -> Iterable[RenderedFamily]:
+    return render(_families(targets))
+
+
+def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
+    build = GaugeMetricFamily(
+        "pg_exporter_build_info",
+        "pg-health-exporter version and Python version; always 1.",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([__version__, platform.python_version()], 1)
+    up = GaugeMetricFamily(
+        "pg_up",
+        "1 if the last connection to the target succeeded, 0 if it failed.",
+        labels=["target"],
+    )
+    per_collector = ["target", "collector"]
+    last_success = GaugeMetricFamily(
+        "pg_exporter_collector_last_success_timestamp_seconds",
+        "When the collector last completed without error (Unix time).",
+        labels=per_collector,
+    )
+    duration = GaugeMetricFamily(
+        "pg_exporter_collector_duration_seconds",
+        "How long the collector's last run took, including every database it visited.",
+        labels=per_collector,
+    )
+    errors = CounterMetricFamily(
+        "pg_exporter_collector_errors_total",
+        "Runs of the collector that failed (connection, timeout, SQL error).",
+        labels=per_collector,
+    )
+    series = GaugeMetricFamily(
+        "pg_exporter_collector_series",
+        "Series the collector published on its last successful run.",
+        labels=per_collector,
+    )
+    collector_up = GaugeMetricFamily(
+        "pg_exporter_collector_up",
+        "1 if the collector's last run succeeded, 0 if it failed or cannot run here.",
+        labels=per_collector,
+    )
+    available = GaugeMetricFamily(
+        "pg_exporter_collector_available",
+        "0 with a reason when the collector cannot run on this target "
+        "(server version, missing extension or privilege), else 1.",
+        labels=[*per_collector, "reason"],
+    )
+    for target, status in sorted(targets.items()):
+        up.add_metric([target], 1 if status.up else 0)
+        for name, collector in sorted(status.collectors.items()):
+            labels = [target, name]
+            if collector.last_success is not None:
+                last_success.add_metric(labels, collector.last_success)
+            duration.add_metric(labels, collector.last_duration)
+            errors.add_metric(labels, collector.errors_total)
+            series.add_metric(labels, collector.series)
+            collector_up.add_metric(labels, 1 if collector.state == "ok" else 0)
+            unavailable = collector.state == "unavailable"
+            reason = collector.message if unavailable else ""
+            available.add_metric([*labels, reason], 0 if unavailable else 1)
+    return [build, up, last_success, duration, errors, series, collector_up, available]

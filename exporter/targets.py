@@ -1,0 +1,135 @@
+"""The monitored targets as the running exporter holds them.
+
+Targets live in a registry object, never in module globals, so they can be added and removed at
+run time (config reload today, service discovery later).
+"""
+
+import logging
+import threading
+from collections.abc import Iterator
+
+from exporter.catalogue import Collector
+from exporter.config import DatabaseFilter, TargetConfig
+from exporter.connections import ConnectFailed, TargetConnections
+from exporter.facts import ServerFacts, probe
+from exporter.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Target:
+    """One monitored server: its connections, what we know about it, and its up state."""
+
+    def __init__(self, config: TargetConfig, store: Store) -> None:
+        self.config = config
+        self.connections = TargetConnections(config)
+        self._store = store
+        self._lock = threading.Lock()
+        self._facts: ServerFacts | None = None
+        self._down_message: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def facts(self) -> ServerFacts | None:
+        with self._lock:
+            return self._facts
+
+    @property
+    def down_message(self) -> str | None:
+        """Why the target is down, or None while it is up (or not yet tried)."""
+        with self._lock:
+            return self._down_message
+
+    def refresh(self) -> ServerFacts:
+        """Connect, read the server's facts, and record the target as up (or down, raising)."""
+        try:
+            wait = self.config.connect_timeout
+            with self.connections.connection(wait_seconds=wait) as conn, conn.transaction():
+                facts = probe(conn)
+        except ConnectFailed as exc:
+            self.mark_down(str(exc))
+            raise
+        with self._lock:
+            self._facts = facts
+        self.mark_up(facts)
+        return facts
+
+    def current_facts(self) -> ServerFacts:
+        """Facts from the last probe, probing now if there has not been a successful one."""
+        return self.facts or self.refresh()
+
+    def mark_up(self, facts: ServerFacts) -> None:
+        with self._lock:
+            was_down, self._down_message = self._down_message, None
+        if was_down is not None:
+            log.info("target is up", extra={"target": self.name, "version": facts.version})
+        self._store.set_target(self.name, up=True, message="", server_version=facts.version)
+
+    def mark_down(self, message: str) -> None:
+        with self._lock:
+            changed, self._down_message = self._down_message != message, message
+        if changed:
+            log.warning("target is down", extra={"target": self.name, "error": message})
+        self._store.set_target(self.name, up=False, message=message)
+
+    def databases_for(self, collector: Collector, facts: ServerFacts) -> list[str]:
+        """The databases a per-database collector visits on this target."""
+        wanted = DatabaseFilter(include=collector.spec.databases or (".*",))
+        return [
+            db for db in facts.databases if self.config.databases.allows(db) and wanted.allows(db)
+        ]
+
+    def redact(self, text: str) -> str:
+        """The text with this target's passwords masked (defence in depth for error messages)."""
+        for secret in self.config.secrets():
+            text = text.replace(secret, "****")
+        return text
+
+    def open(self) -> None:
+        self._store.set_target(self.name, up=False, message="connecting")
+        self.connections.open()
+
+    def close(self) -> None:
+        self.connections.close()
+
+
+class TargetRegistry:
+    """The set of targets, safe to change while jobs run."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._targets: dict[str, Target] = {}
+
+    def add(self, config: TargetConfig) -> Target:
+        target = Target(config, self._store)
+        with self._lock:
+            if config.name in self._targets:
+                raise ValueError(f"target {config.name!r} already exists")
+            self._targets[config.name] = target
+        target.open()
+        return target
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            target = self._targets.pop(name, None)
+        if target is not None:
+            target.close()
+            self._store.drop(name)
+
+    def get(self, name: str) -> Target | None:
+        with self._lock:
+            return self._targets.get(name)
+
+    def __iter__(self) -> Iterator[Target]:
+        with self._lock:
+            return iter(list(self._targets.values()))
+
+    def close(self) -> None:
+        with self._lock:
+            targets, self._targets = list(self._targets.values()), {}
+        for target in targets:
+            target.close()

@@ -1,0 +1,44 @@
+"""Value types shared by the configuration and the collector catalogue."""
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `15s`, `500ms`, `5m`, `1h`, `1d` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 15s, 5m or 500ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2) or "s"]
+    else:
+        raise ValueError("expected a duration such as 15s, 5m or 500ms")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+# Durations are stored as float seconds; the config may spell them `15s`, `5m` or `500ms`.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest spelling of a duration, for docs and the landing page."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """`:9188`, `0.0.0.0:9188`, `localhost:9188` or `[::1]:9188` as (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT (e.g. :9188 or 127.0.0.1:9188)")
+    return host.strip("[]"), int(port_text)
