@@ -96,13 +96,7 @@ class Query(BaseModel):
             raise ValueError("give either `sql` or `branches`, not both")
         if self.branches and (self.min_version is not None or self.max_version is not None):
             raise ValueError("put min_version/max_version on each branch")
-        if self.sql is not None:
-            # Normalise the single-SQL form into one branch so the runner sees one shape.
-            single = Branch(
-                sql=self.sql, min_version=self.min_version, max_version=self.max_version
-            )
-            object.__setattr__(self, "branches", (single,))
-        _check_no_overlap(self.branches)
+        _check_no_overlap(self.alternatives)
         if not any(c.usage in (Usage.GAUGE, Usage.COUNTER) for c in self.metrics.values()):
             raise ValueError("metrics: map at least one column as gauge or counter")
         for column, spec in self.metrics.items():
@@ -111,8 +105,15 @@ class Query(BaseModel):
                 raise ValueError(f"metrics.{column}: label name {published!r} is reserved")
         return self
 
+    @property
+    def alternatives(self) -> tuple[Branch, ...]:
+        """The version branches; the single-SQL form is one branch."""
+        if self.sql is None:
+            return self.branches
+        return (Branch(sql=self.sql, min_version=self.min_version, max_version=self.max_version),)
+
     def branch_for(self, version_num: int) -> Branch | None:
-        return next((b for b in self.branches if b.applies_to(version_num)), None)
+        return next((b for b in self.alternatives if b.applies_to(version_num)), None)
 
 
 def _check_no_overlap(branches: tuple[Branch, ...]) -> None:
@@ -234,17 +235,7 @@ def builtin_specs() -> dict[str, CollectorSpec]:
     return specs
 
 
-def resolve(
-    overrides: dict[str, CollectorOverride], custom: dict[str, CollectorSpec]
-) -> list[Collector]:
-    """Built-ins with their overrides applied, followed by the user's own collectors."""
-    collectors: list[Collector] = []
-    for name, builtin in builtin_specs().items():
-        override = overrides.get(name)
-        spec = builtin
-        if override is not None:
-            changes = override.model_dump(exclude_none=True)
-            spec = CollectorSpec.model_validate({**builtin.model_dump(), **changes})
-        collectors.append(Collector(name=name, spec=spec, builtin=True))
-    collectors.extend(Collector(name=n, spec=s, builtin=False) for n, s in custom.items())
-    return collectors
+def apply_override(spec: CollectorSpec, override: CollectorOverride) -> CollectorSpec:
+    """A built-in with config.yaml's changes, validated again (e.g. timeout <= interval)."""
+    changes = override.model_dump(exclude_none=True)
+    return CollectorSpec.model_validate({**spec.model_dump(), **changes})

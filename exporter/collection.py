@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 _UNAVAILABLE_ERRORS = (
     psycopg.errors.InsufficientPrivilege,
     psycopg.errors.ObjectNotInPrerequisiteState,  # e.g. pg_stat_statements not preloaded
+    psycopg.errors.UndefinedTable,  # e.g. a custom collector's table exists in some databases
 )
 
 

@@ -29,8 +29,8 @@ from exporter.catalogue import (
     CollectorOverride,
     CollectorSpec,
     builtin_specs,
+    apply_override,
     check_metric_names,
-    resolve,
 )
 from exporter.units import Duration, parse_listen_address
 
@@ -135,10 +135,15 @@ class Config(BaseModel):
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     up_interval: Duration = 15.0
     max_age_intervals: float = Field(default=3.0, ge=1.0)
-    targets: tuple[TargetConfig, ...] = Field(min_length=1)
+    targets: tuple[TargetConfig, ...]
     collectors: dict[str, Any] = Field(default_factory=dict)
     # Resolved from `collectors`: built-ins with overrides, then custom definitions.
     catalogue: tuple[Collector, ...] = Field(default=(), exclude=True)
+
+    @field_validator("collectors", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:
+        return {} if value is None else value  # `collectors:` with everything commented out
 
     @field_validator("listen_address")
     @classmethod
@@ -146,28 +151,28 @@ class Config(BaseModel):
         parse_listen_address(address)
         return address
 
-    @model_validator(mode="after")
-    def _unique_target_names(self) -> "Config":
-        names = [t.name for t in self.targets]
+    @field_validator("targets")
+    @classmethod
+    def _named_once(cls, targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
+        if not targets:
+            raise ValueError("give at least one target")
+        names = [t.name for t in targets]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"targets: duplicate target name(s): {', '.join(duplicates)}")
-        return self
+            raise ValueError(f"duplicate target name(s): {', '.join(duplicates)}")
+        return targets
 
     def collector(self, name: str) -> Collector:
         return next(c for c in self.catalogue if c.name == name)
 
 
-def _format_location(location: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in location) or "(top level)"
-
-
 def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
+    """pydantic's errors as `path.to.key: message`; `prefix` (ending in a dot) places them."""
     problems = []
     for item in error.errors():
-        where = _format_location(tuple(item["loc"]))
+        where = prefix + ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{prefix}{where}: {message}")
+        problems.append(f"{where.rstrip('.') or '(top level)'}: {message}")
     return problems
 
 
@@ -212,27 +217,30 @@ def _read_password_files(config: Config, problems: list[str]) -> Config:
 
 
 def _resolve_collectors(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
+    """Built-ins with their overrides applied, then the user's own collectors."""
     problems: list[str] = []
     builtins = builtin_specs()
-    overrides: dict[str, CollectorOverride] = {}
-    custom: dict[str, CollectorSpec] = {}
-    for name, body in raw.items():
-        where = f"collectors.{name}."
-        try:
-            if name in builtins:
-                overrides[name] = TypeAdapter(CollectorOverride).validate_python(body or {})
-            elif not re.match(NAME_PATTERN, name):
-                problems.append(f"collectors.{name}: names are lower_snake_case")
-            else:
-                custom[name] = TypeAdapter(CollectorSpec).validate_python(body)
-        except ValidationError as exc:
-            problems.extend(validation_problems(exc, where))
     collectors: list[Collector] = []
-    if not problems:
+    for name, spec in builtins.items():
         try:
-            collectors = resolve(overrides, custom)
-        except ValidationError as exc:  # an override that breaks a built-in's invariants
-            problems.extend(validation_problems(exc, "collectors."))
+            if name in raw:
+                override = TypeAdapter(CollectorOverride).validate_python(raw[name] or {})
+                spec = apply_override(spec, override)  # noqa: PLW2901 (the overridden spec)
+            collectors.append(Collector(name=name, spec=spec, builtin=True))
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, f"collectors.{name}."))
+    for name, body in raw.items():
+        if name in builtins:
+            continue
+        if not re.match(NAME_PATTERN, name):
+            problems.append(f"collectors.{name}: names are lower_snake_case")
+            continue
+        try:
+            spec = TypeAdapter(CollectorSpec).validate_python(body)
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, f"collectors.{name}."))
+            continue
+        collectors.append(Collector(name=name, spec=spec, builtin=False))
     for collector in collectors:
         problems.extend(f"collectors.{collector.name}.{p}" for p in check_metric_names(collector))
     return collectors, problems

@@ -1,0 +1,128 @@
+"""Fixtures: real PostgreSQL servers (PG_BINDIR picks the build), and an exporter to scrape."""
+
+import gzip
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter
+from exporter.config import Config, parse_config
+from exporter.embedded import LocalPostgres
+
+REPO = Path(__file__).resolve().parent.parent
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = threading.Event()
+    timer = threading.Timer(timeout, deadline.set)
+    timer.start()
+    try:
+        last: Any = None
+        while not deadline.is_set():
+            last = condition()
+            if last:
+                return last
+            deadline.wait(0.1)
+        pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    finally:
+        timer.cancel()
+
+
+def parse_exposition(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def scrape_text(port: int, *, accept_gzip: bool = False, timeout: float = 5.0) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if accept_gzip:
+        request.add_header("Accept-Encoding", "gzip")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        return body.decode()
+
+
+def scrape(port: int, **kwargs: Any) -> Samples:
+    return parse_exposition(scrape_text(port, **kwargs))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of the one sample with this name whose labels include `labels`."""
+    wanted = set(labels.items())
+    found = [v for (n, ls), v in samples.items() if n == name and wanted <= ls]
+    assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
+    return found[0] if found else None
+
+
+def names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+def _start(**kwargs: Any) -> LocalPostgres:
+    server = LocalPostgres(settings={"track_io_timing": "on"}, **kwargs)
+    server.start()
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One server shared by the tests that do not stop it."""
+    server = _start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[LocalPostgres]:
+    """A server of the test's own, for tests that stop, restart or exhaust it."""
+    server = _start()
+    yield server
+    server.cleanup()
+
+
+def exporter_config(dsn: str, *, interval: str = "1s", **extra: Any) -> Config:
+    """A config with every built-in collector on a short interval, for tests."""
+    collectors = {
+        name: {"interval": interval, "timeout": interval}
+        for name in ("connections", "database", "database_size")
+    }
+    collectors.update(extra.pop("collectors", {}))
+    raw = {
+        "up_interval": interval,
+        "targets": [{"name": "pg", "dsn": dsn, "connect_timeout": "2s"}],
+        "collectors": collectors,
+        **extra,
+    }
+    return parse_config(raw)
+
+
+@pytest.fixture
+def run_exporter() -> Iterator[Callable[[Config], Exporter]]:
+    """Start an in-process exporter on a free port; stopped when the test ends."""
+    started: list[Exporter] = []
+
+    def start(config: Config) -> Exporter:
+        exporter = Exporter(config, listen_address="127.0.0.1:0")
+        exporter.start()
+        started.append(exporter)
+        return exporter
+
+    yield start
+    for exporter in started:
+        exporter.stop()

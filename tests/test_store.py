@@ -1,0 +1,142 @@
+"""Rendering and the in-memory store, without a database."""
+
+import datetime as dt
+import gzip
+from decimal import Decimal
+
+import pytest
+from prometheus_client.core import GaugeMetricFamily
+
+from conftest import parse_exposition, value
+from exporter.catalogue import Collector, CollectorSpec
+from exporter.collect import CollectorFailed, to_families
+from exporter.render import render
+from exporter.selfmetrics import self_metrics
+from exporter.store import CollectorStatus, PartKey, Store
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gauge(name: str, target: str, val: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, "help text", labels=["target"])
+    family.add_metric([target], val)
+    return family
+
+
+COLLECTOR = Collector(
+    name="demo",
+    builtin=False,
+    spec=CollectorSpec.model_validate(
+        {
+            "help": "test",
+            "queries": [
+                {
+                    "sql": "SELECT",
+                    "metrics": {
+                        "datname": "label",
+                        "size": {"usage": "gauge", "name": "size_bytes", "unit": "bytes"},
+                        "calls": "counter",
+                        "time": {"usage": "counter", "name": "time_seconds", "scale": 0.001},
+                        "reset": {"usage": "gauge", "name": "reset_timestamp_seconds"},
+                        "note": "ignore",
+                    },
+                }
+            ],
+        }
+    ),
+)
+QUERY = COLLECTOR.spec.queries[0]
+
+
+def test_rows_become_families() -> None:
+    reset = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = [("app", 10, Decimal(3), 1500.0, reset, "x"), ("other", None, 1, 0.0, None, "y")]
+    columns = ["datname", "size", "calls", "time", "reset", "note"]
+    families = to_families(COLLECTOR, QUERY, columns, rows, {"target": "t"})
+    text = b"".join(f.header + f.samples for f in render(families)).decode()
+    samples = parse_exposition(text)
+    assert value(samples, "pg_demo_size_bytes", datname="app") == 10
+    assert value(samples, "pg_demo_size_bytes", datname="other") is None  # NULL: no sample, not 0
+    assert value(samples, "pg_demo_calls_total", datname="app", target="t") == 3
+    assert value(samples, "pg_demo_time_seconds_total", datname="app") == 1.5
+    assert value(samples, "pg_demo_reset_timestamp_seconds", datname="app") == reset.timestamp()
+    assert "note" not in text
+    assert "# TYPE pg_demo_calls_total counter" in text
+
+
+def test_unmapped_column_is_an_error() -> None:
+    with pytest.raises(CollectorFailed, match="column.*extra.*not mapped"):
+        to_families(COLLECTOR, QUERY, ["datname", "size", "extra"], [("a", 1, 2)], {})
+
+
+def test_duplicate_label_sets_are_an_error_not_a_broken_scrape() -> None:
+    with pytest.raises(CollectorFailed, match="two rows share the labels"):
+        to_families(COLLECTOR, QUERY, ["datname", "size"], [("a", 1), ("a", 2)], {"target": "t"})
+
+
+def test_families_of_many_parts_share_one_header() -> None:
+    store = Store(self_metrics=self_metrics)
+    for target in ("a", "b"):
+        store.put(PartKey(target, "demo"), render([gauge("pg_demo_x", target, 1)]), max_age=60)
+    body = store.snapshot().body.decode()
+    assert body.count("# TYPE pg_demo_x gauge") == 1
+    samples = parse_exposition(body)  # the parser rejects a family split in two
+    assert value(samples, "pg_demo_x", target="a") == 1
+    assert value(samples, "pg_demo_x", target="b") == 1
+
+
+def test_snapshot_is_cached_until_something_changes() -> None:
+    store = Store(self_metrics=self_metrics)
+    store.put(PartKey("a", "demo"), render([gauge("pg_demo_x", "a", 1)]), max_age=60)
+    first = store.snapshot()
+    assert store.snapshot() is first
+    assert first.gzipped() is first.gzipped()
+    assert gzip.decompress(first.gzipped()) == first.body
+    store.set_collector("a", "demo", CollectorStatus(state="ok", series=1))
+    assert store.snapshot() is not first
+
+
+def test_stale_parts_leave_the_exposition() -> None:
+    clock = FakeClock()
+    store = Store(self_metrics=self_metrics, clock=clock)
+    store.set_target("a", up=True)
+    store.put(PartKey("a", "demo"), render([gauge("pg_demo_x", "a", 1)]), max_age=45)
+    assert b"pg_demo_x{" in store.snapshot().body
+    clock.now += 44.9
+    assert b"pg_demo_x{" in store.snapshot().body
+    clock.now += 0.2
+    body = store.snapshot().body
+    assert b"pg_demo_x{" not in body
+    assert b'pg_up{target="a"} 1.0' in body  # self-metrics are never stale
+
+
+def test_drop_keeps_named_databases() -> None:
+    store = Store(self_metrics=self_metrics)
+    for db in ("app", "gone"):
+        families = render([gauge("pg_demo_x", db, 1)])
+        store.put(PartKey("a", "demo", db), families, max_age=60)
+    store.drop("a", "demo", keep=["app"])
+    body = store.snapshot().body
+    assert b'target="app"' in body
+    assert b'target="gone"' not in body
+
+
+def test_self_metrics() -> None:
+    store = Store(self_metrics=self_metrics)
+    store.set_target("a", up=False, message="connection refused")
+    store.set_collector("a", "demo", CollectorStatus(state="unavailable", message="no extension"))
+    store.set_collector("a", "ok", CollectorStatus(state="ok", last_success=5.0, series=3))
+    samples = parse_exposition(store.snapshot().body.decode())
+    assert value(samples, "pg_up", target="a") == 0
+    assert value(samples, "pg_exporter_collector_available", collector="demo") == 0
+    assert value(samples, "pg_exporter_collector_available", reason="no extension") == 0
+    assert value(samples, "pg_exporter_collector_up", collector="ok") == 1
+    assert value(samples, "pg_exporter_collector_series", collector="ok") == 3
+    assert value(samples, "pg_exporter_collector_last_success_timestamp_seconds", collector="ok") == 5
+    assert value(samples, "pg_exporter_build_info") == 1
