@@ -53,7 +53,8 @@ def run_collector(target: Target, collector: Collector, store: Store, *, max_age
         else:
             series = _visit_databases(target, collector, facts, store, max_age)
     except ConnectFailed as exc:
-        state, message = "error", target.redact(str(exc))
+        # Reported once by the target (pg_up, one log line), not by each of its collectors.
+        state, message = "down", target.redact(str(exc))
         if target.down_message is None:
             target.mark_down(message)
     except CollectorUnavailable as exc:
@@ -133,7 +134,8 @@ def _log_transition(
 ) -> None:
     """One log line when a collector's state or error changes, not one every interval."""
     fields = {"target": target, "collector": collector}
-    if after.state == before.state and after.message == before.message:
+    quiet = after.state == before.state and after.message == before.message
+    if quiet or "down" in (after.state, before.state):
         log.debug("collector ran", extra={**fields, "state": after.state})
     elif after.state == "error":
         log.warning("collector failed", extra={**fields, "error": after.message})

@@ -39,7 +39,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
     )
     errors = CounterMetricFamily(
         "pg_exporter_collector_errors_total",
-        "Runs of the collector that failed (connection, timeout, SQL error).",
+        "Runs of the collector that failed (SQL error, timeout); not counted while the "
+        "target is down, which pg_up reports.",
         labels=per_collector,
     )
     series = GaugeMetricFamily(

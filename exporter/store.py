@@ -38,7 +38,7 @@ class Part:
 class CollectorStatus:
     """The latest outcome of one (target, collector), for self-metrics and the landing page."""
 
-    state: str = "pending"  # pending | ok | error | unavailable
+    state: str = "pending"  # pending | ok | error | unavailable | down (target unreachable)
     last_success: float | None = None  # wall clock
     last_duration: float = 0.0
     errors_total: int = 0

@@ -70,8 +70,8 @@ class Target:
 
     def mark_down(self, message: str) -> None:
         with self._lock:
-            changed, self._down_message = self._down_message != message, message
-        if changed:
+            was_up, self._down_message = self._down_message is None, message
+        if was_up:  # one line per outage, however often the probe fails or its message changes
             log.warning("target is down", extra={"target": self.name, "error": message})
         self._store.set_target(self.name, up=False, message=message)
 

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition"
+) -> Any:
     """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
     deadline = threading.Event()
     timer = threading.Timer(timeout, deadline.set)

@@ -93,13 +93,16 @@ def test_exporter_sessions_are_read_only_and_named(postgres: LocalPostgres) -> N
     config = exporter_config(postgres.dsn(), collectors={"session_probe": probe})
     samples = parse_exposition(collect_once(config).decode())
     assert value(samples, "pg_session_probe_read_only") == 1
-    assert value(
-        samples,
-        "pg_session_probe_seen",
-        app="pg-health-exporter",
-        lock_timeout="1s",
-        statement_timeout="3s",
-    ) == 1
+    assert (
+        value(
+            samples,
+            "pg_session_probe_seen",
+            app="pg-health-exporter",
+            lock_timeout="1s",
+            statement_timeout="3s",
+        )
+        == 1
+    )
 
 
 def test_custom_collector_cannot_write(postgres: LocalPostgres) -> None:
@@ -184,8 +187,12 @@ def test_per_database_collector_visits_each_database(postgres: LocalPostgres) ->
         "help": "Which database am I in?",
         "scope": "database",
         "databases": ["visit_.*"],
-        "queries": [{"sql": "SELECT current_database() AS db, 1 AS here",
-                     "metrics": {"db": "label", "here": "gauge"}}],
+        "queries": [
+            {
+                "sql": "SELECT current_database() AS db, 1 AS here",
+                "metrics": {"db": "label", "here": "gauge"},
+            }
+        ],
     }
     config = exporter_config(postgres.dsn(), collectors={"where": where})
     samples = parse_exposition(collect_once(config).decode())

@@ -38,15 +38,30 @@ def test_durations_and_defaults() -> None:
         ({"targets": [TARGET], "colectors": {}}, "colectors: Extra inputs are not permitted"),
         ({"targets": [{**TARGET, "max_conections": 3}]}, "targets.0.max_conections: Extra"),
         ({"targets": [{**TARGET, "max_connections": 1}]}, "targets.0.max_connections: Input"),
-        ({"targets": [{**TARGET, "connect_timeout": "soon"}]}, "targets.0.connect_timeout: expected a duration"),
+        (
+            {"targets": [{**TARGET, "connect_timeout": "soon"}]},
+            "targets.0.connect_timeout: expected a duration",
+        ),
         ({"targets": []}, "targets: give at least one target"),
         ({}, "targets: Field required"),
         ({"targets": [TARGET, TARGET]}, "targets: duplicate target name(s): main"),
         ({"targets": [{"name": "x"}]}, "targets.0.dsn: Field required"),
-        ({"targets": [TARGET], "listen_address": "9188"}, "listen_address: '9188' is not HOST:PORT"),
-        ({"targets": [{**TARGET, "databases": {"include": ["("]}}]}, "targets.0.databases.include: "),
-        ({"targets": [TARGET], "collectors": {"database": {"intervall": "5s"}}}, "collectors.database.intervall: Extra"),
-        ({"targets": [TARGET], "collectors": {"database": {"interval": "1s"}}}, "collectors.database: timeout must not be longer"),
+        (
+            {"targets": [TARGET], "listen_address": "9188"},
+            "listen_address: '9188' is not HOST:PORT",
+        ),
+        (
+            {"targets": [{**TARGET, "databases": {"include": ["("]}}]},
+            "targets.0.databases.include: ",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"database": {"intervall": "5s"}}},
+            "collectors.database.intervall: Extra",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"database": {"interval": "1s"}}},
+            "collectors.database: timeout must not be longer",
+        ),
         ([1, 2], "(top level): expected a mapping"),
     ],
 )
@@ -120,17 +135,61 @@ def test_custom_collector() -> None:
     [
         ({"queries": [{"metrics": {"x": "gauge"}}]}, "give either `sql` or `branches`"),
         ({"queries": [{"sql": "SELECT 1", "metrics": {"x": "label"}}]}, "at least one column"),
-        ({"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauges"}}]}, "metrics.x.usage: Input should be"),
-        ({"queries": [{"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "name": "x_total"}}}]}, "`_total` is reserved"),
-        ({"queries": [{"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "unit": "bytes"}}}]}, "should carry its unit"),
-        ({"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "target": "label"}}]}, "label name 'target' is reserved"),
-        ({"scope": "server", "databases": ["app"]}, "databases: only for collectors with scope: database"),
-        ({"queries": [{"branches": [
-            {"sql": "SELECT 1", "min_version": 130000, "max_version": 150000},
-            {"sql": "SELECT 2", "min_version": 140000},
-        ], "metrics": {"x": "gauge"}}]}, "version ranges overlap"),
-        ({"queries": [{"sql": "SELECT 1", "min_version": 150000, "max_version": 140000, "metrics": {"x": "gauge"}}]},
-         "min_version must be lower than max_version"),
+        (
+            {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauges"}}]},
+            "metrics.x.usage: Input should be",
+        ),
+        (
+            {
+                "queries": [
+                    {"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "name": "x_total"}}}
+                ]
+            },
+            "`_total` is reserved",
+        ),
+        (
+            {
+                "queries": [
+                    {"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "unit": "bytes"}}}
+                ]
+            },
+            "should carry its unit",
+        ),
+        (
+            {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "target": "label"}}]},
+            "label name 'target' is reserved",
+        ),
+        (
+            {"scope": "server", "databases": ["app"]},
+            "databases: only for collectors with scope: database",
+        ),
+        (
+            {
+                "queries": [
+                    {
+                        "branches": [
+                            {"sql": "SELECT 1", "min_version": 130000, "max_version": 150000},
+                            {"sql": "SELECT 2", "min_version": 140000},
+                        ],
+                        "metrics": {"x": "gauge"},
+                    }
+                ]
+            },
+            "version ranges overlap",
+        ),
+        (
+            {
+                "queries": [
+                    {
+                        "sql": "SELECT 1",
+                        "min_version": 150000,
+                        "max_version": 140000,
+                        "metrics": {"x": "gauge"},
+                    }
+                ]
+            },
+            "min_version must be lower than max_version",
+        ),
     ],
 )
 def test_bad_custom_collector(change: dict[str, object], expected: str) -> None:
@@ -154,7 +213,9 @@ def test_builtin_branches_never_overlap() -> None:
 
 def test_cli_exits_2_and_lists_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("targets:\n  - name: main\n    dsn: 'host=x password=Sup3rSecret'\n    port: 1\n")
+    path.write_text(
+        "targets:\n  - name: main\n    dsn: 'host=x password=Sup3rSecret'\n    port: 1\n"
+    )
     assert main(["check-config", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "targets.0.port: Extra inputs are not permitted" in err

@@ -138,5 +138,7 @@ def test_self_metrics() -> None:
     assert value(samples, "pg_exporter_collector_available", reason="no extension") == 0
     assert value(samples, "pg_exporter_collector_up", collector="ok") == 1
     assert value(samples, "pg_exporter_collector_series", collector="ok") == 3
-    assert value(samples, "pg_exporter_collector_last_success_timestamp_seconds", collector="ok") == 5
+    assert (
+        value(samples, "pg_exporter_collector_last_success_timestamp_seconds", collector="ok") == 5
+    )
     assert value(samples, "pg_exporter_build_info") == 1
