@@ -71,7 +71,7 @@ def test_rows_become_families() -> None:
 
 
 def test_unmapped_column_is_an_error() -> None:
-    with pytest.raises(CollectorFailed, match="column.*extra.*not mapped"):
+    with pytest.raises(CollectorFailed, match=r"column.*extra.*not mapped"):
         to_families(COLLECTOR, QUERY, ["datname", "size", "extra"], [("a", 1, 2)], {})
 
 
