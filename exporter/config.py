@@ -28,8 +28,8 @@ from exporter.catalogue import (
     Collector,
     CollectorOverride,
     CollectorSpec,
-    builtin_specs,
     apply_override,
+    builtin_specs,
     check_metric_names,
 )
 from exporter.units import Duration, parse_listen_address

@@ -28,6 +28,7 @@ def run_demo(*, listen_address: str, data_dir: Path | None) -> int:
     _say("starting an embedded PostgreSQL with pg_stat_statements ...")
     with LocalPostgres(datadir=data_dir) as server:
         _say(f"PostgreSQL {server.version_num()} is up on port {server.port}")
+        _say(f"data directory: {server.datadir}")
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")

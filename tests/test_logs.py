@@ -1,0 +1,39 @@
+"""Log lines: logfmt and JSON, one event per line, secrets masked."""
+
+import json
+import logging
+
+import pytest
+
+from exporter.logs import JsonFormatter, LogfmtFormatter, RedactingFilter
+
+
+def _record(msg: str, **extra: object) -> logging.LogRecord:
+    record = logging.makeLogRecord({"name": "exporter.test", "levelname": "WARNING", "msg": msg})
+    record.__dict__.update(extra)
+    return record
+
+
+def test_logfmt_quotes_values_with_spaces() -> None:
+    line = LogfmtFormatter().format(_record("target is down", target="db 1", error='say "x"'))
+    assert 'msg="target is down"' in line
+    assert 'target="db 1"' in line
+    assert r'error="say \"x\""' in line
+    assert "level=warning" in line
+
+
+def test_json_lines() -> None:
+    event = json.loads(JsonFormatter().format(_record("collector failed", collector="database")))
+    assert event["msg"] == "collector failed"
+    assert event["collector"] == "database"
+    assert event["level"] == "warning"
+
+
+@pytest.mark.parametrize("formatter", [LogfmtFormatter(), JsonFormatter()])
+def test_known_secrets_are_masked(formatter: logging.Formatter) -> None:
+    record = _record("failed with password=%s", error="token Sup3rSecret here")
+    record.args = ("Sup3rSecret",)
+    assert RedactingFilter(["Sup3rSecret"]).filter(record)
+    line = formatter.format(record)
+    assert "Sup3rSecret" not in line
+    assert "****" in line
