@@ -68,7 +68,7 @@ class Scheduler:
             jitter=_jitter(self._up_interval),
             next_run_time=now,
             id=f"{target.name}/up",
-            misfire_grace_time=int(self._up_interval),
+            misfire_grace_time=max(1, int(self._up_interval)),
         )
         for collector in self._collectors:
             interval = collector.spec.interval
@@ -81,7 +81,7 @@ class Scheduler:
                 jitter=_jitter(interval),
                 next_run_time=now,
                 id=f"{target.name}/{collector.name}",
-                misfire_grace_time=int(interval),
+                misfire_grace_time=max(1, int(interval)),
             )
 
     def remove_target(self, name: str) -> None:
