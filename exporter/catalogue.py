@@ -78,6 +78,22 @@ class Branch(BaseModel):
         return self
 
 
+class Limit(BaseModel):
+    """A cap on the rows (objects) a per-object query publishes, designed not hoped for.
+
+    Kept: every row where `keep_when` is true (the objects a health check flags), the top
+    `max_rows` by each `rank_by` column, and with `sticky`, rows selected last time that are
+    still within twice `max_rows` by any rank, so series do not churn at the boundary.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_rows: int | str = Field(description="a number, or the name of one of the params")
+    rank_by: tuple[str, ...] = Field(min_length=1)
+    keep_when: str | None = None
+    sticky: bool = True
+
+
 class Query(BaseModel):
     """One statement (or one per version range) and what its columns become."""
 
@@ -89,6 +105,7 @@ class Query(BaseModel):
     max_version: int | None = None
     branches: tuple[Branch, ...] = ()
     metrics: dict[str, ColumnSpec]
+    limit: Limit | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> "Query":
@@ -103,6 +120,11 @@ class Query(BaseModel):
             published = spec.name or column
             if spec.usage is Usage.LABEL and published in RESERVED_LABELS:
                 raise ValueError(f"metrics.{column}: label name {published!r} is reserved")
+        if self.limit is not None:
+            named = [*self.limit.rank_by, *([self.limit.keep_when] if self.limit.keep_when else [])]
+            for column in named:
+                if column not in self.metrics:
+                    raise ValueError(f"limit: {column!r} is not a mapped column")
         return self
 
     @property
@@ -152,6 +174,9 @@ class CollectorSpec(BaseModel):
         description="per-database scope only: regular expressions of the databases to visit",
     )
     requires: Requirements = Requirements()
+    # Tunables passed to the SQL as %(name)s placeholders (write a literal % as %%) and usable
+    # as a limit's max_rows; config.yaml may change their values, not add new ones.
+    params: dict[str, int | float | str] = Field(default_factory=dict)
     queries: tuple[Query, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -165,7 +190,16 @@ class CollectorSpec(BaseModel):
             if query.name in seen:
                 raise ValueError(f"queries: two queries are named {query.name!r}")
             seen.add(query.name)
+            max_rows = query.limit.max_rows if query.limit is not None else 0
+            if isinstance(max_rows, str) and not isinstance(self.params.get(max_rows), int):
+                raise ValueError(
+                    f"queries.{query.name}.limit.max_rows: not the name of an integer param"
+                )
         return self
+
+    def max_rows(self, limit: Limit) -> int:
+        value = limit.max_rows
+        return value if isinstance(value, int) else int(self.params[value])
 
 
 class CollectorOverride(BaseModel):
@@ -176,6 +210,7 @@ class CollectorOverride(BaseModel):
     enabled: bool | None = None
     interval: Duration | None = None
     timeout: Duration | None = None
+    params: dict[str, int | float | str] | None = None
 
 
 class Collector(BaseModel):
@@ -238,4 +273,8 @@ def builtin_specs() -> dict[str, CollectorSpec]:
 def apply_override(spec: CollectorSpec, override: CollectorOverride) -> CollectorSpec:
     """A built-in with config.yaml's changes, validated again (e.g. timeout <= interval)."""
     changes = override.model_dump(exclude_none=True)
+    unknown = sorted(set(changes.get("params", {})) - set(spec.params))
+    if unknown:
+        raise ValueError(f"params: no such param(s): {', '.join(unknown)}")
+    changes["params"] = {**spec.params, **changes.get("params", {})}
     return CollectorSpec.model_validate({**spec.model_dump(), **changes})

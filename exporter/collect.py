@@ -8,8 +8,11 @@ import psycopg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from psycopg import sql
 
-from exporter.catalogue import Branch, Collector, Query, Usage
+from exporter.catalogue import Branch, Collector, Column, Query, Usage
 from exporter.facts import ServerFacts
+from exporter.select import RowKey, select_rows
+
+_IGNORED = Column(usage=Usage.IGNORE)
 
 
 class CollectorUnavailable(Exception):
@@ -58,6 +61,10 @@ def _unavailable(reason: str) -> Plan:
     raise CollectorUnavailable(reason)
 
 
+# What each capped query chose last time, by query name: see select.py.
+Selections = dict[str, frozenset[RowKey]]
+
+
 def run(
     conn: psycopg.Connection[tuple[object, ...]],
     collector: Collector,
@@ -65,8 +72,13 @@ def run(
     *,
     labels: dict[str, str],
     timeout_seconds: float,
+    selections: Selections,
 ) -> list[Metric]:
-    """Run the plan in one read-only transaction bounded by the collector's timeout."""
+    """Run the plan in one read-only transaction bounded by the collector's timeout.
+
+    `selections` carries the capped queries' choices from one run to the next (updated here).
+    """
+    spec = collector.spec
     families: list[Metric] = []
     with conn.transaction():
         conn.execute(
@@ -75,10 +87,25 @@ def run(
             )
         )
         for query, branch in steps.steps:
-            # The SQL is the catalogue's own text, not built from input: run it as written.
-            cursor = conn.execute(branch.sql.encode())
+            # The SQL is the catalogue's own text, not built from input: run it as written,
+            # with the collector's params (if any) bound by the driver.
+            text = branch.sql.encode()
+            cursor = conn.execute(text, spec.params) if spec.params else conn.execute(text)
             columns = [c.name for c in cursor.description or ()]
-            families.extend(to_families(collector, query, columns, cursor.fetchall(), labels))
+            rows = cursor.fetchall()
+            if query.limit is not None:
+                key_columns = [
+                    c for c in columns if query.metrics.get(c, _IGNORED).usage is Usage.LABEL
+                ]
+                rows, selections[query.name] = select_rows(
+                    query.limit,
+                    spec.max_rows(query.limit),
+                    columns,
+                    rows,
+                    key_columns,
+                    selections.get(query.name, frozenset()),
+                )
+            families.extend(to_families(collector, query, columns, rows, labels))
     return families
 
 

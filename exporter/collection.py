@@ -94,7 +94,15 @@ def _visit(
             with conn.transaction():
                 extensions = installed_extensions(conn)
         steps = plan(collector, facts, extensions)
-        return run(conn, collector, steps, labels=labels, timeout_seconds=collector.spec.timeout)
+        selections = target.selections(collector.name, database or "")
+        return run(
+            conn,
+            collector,
+            steps,
+            labels=labels,
+            timeout_seconds=collector.spec.timeout,
+            selections=selections,
+        )
 
 
 def _visit_databases(

@@ -229,6 +229,8 @@ def _resolve_collectors(raw: dict[str, Any]) -> tuple[list[Collector], list[str]
             collectors.append(Collector(name=name, spec=spec, builtin=True))
         except ValidationError as exc:
             problems.extend(validation_problems(exc, f"collectors.{name}."))
+        except ValueError as exc:
+            problems.append(f"collectors.{name}.{exc}")
     for name, body in raw.items():
         if name in builtins:
             continue

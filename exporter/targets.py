@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 from exporter.catalogue import Collector
+from exporter.collect import Selections
 from exporter.config import DatabaseFilter, TargetConfig
 from exporter.connections import ConnectFailed, TargetConnections
 from exporter.facts import ServerFacts, probe
@@ -27,6 +28,7 @@ class Target:
         self._lock = threading.Lock()
         self._facts: ServerFacts | None = None
         self._down_message: str | None = None
+        self._selections: dict[tuple[str, str], Selections] = {}
 
     @property
     def name(self) -> str:
@@ -36,6 +38,14 @@ class Target:
     def facts(self) -> ServerFacts | None:
         with self._lock:
             return self._facts
+
+    def selections(self, collector: str, database: str) -> Selections:
+        """What the collector's capped queries chose last time in this database (mutable).
+
+        Only that collector's job uses it, and a job never runs twice at once.
+        """
+        with self._lock:
+            return self._selections.setdefault((collector, database), {})
 
     @property
     def down_message(self) -> str | None:
