@@ -1,6 +1,7 @@
 """Fixtures: real PostgreSQL servers (PG_BINDIR picks the build), and an exporter to scrape."""
 
 import gzip
+import os
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -128,3 +129,17 @@ def run_exporter() -> Iterator[Callable[[Config], Exporter]]:
     yield start
     for exporter in started:
         exporter.stop()
+
+
+_database_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def database(postgres: LocalPostgres) -> Iterator[str]:
+    """A fresh, empty database on the shared server, dropped after the test."""
+    name = f"t{os.getpid()}_{next(_database_counter)}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
