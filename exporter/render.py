@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 
+from exporter.gzipjoin import deflate_piece
+
 
 @dataclass(frozen=True)
 class RenderedFamily:
@@ -19,6 +21,9 @@ class RenderedFamily:
     header: bytes
     samples: bytes
     series: int
+    # The same two texts compressed ahead of time (see gzipjoin.py), by the job, not the scrape.
+    header_z: bytes
+    samples_z: bytes
 
 
 class _OneShot:
@@ -44,12 +49,15 @@ def render(families: Iterable[Metric]) -> tuple[RenderedFamily, ...]:
         text = generate_latest(_OneShot([family]))
         # generate_latest writes exactly two header lines: # HELP, then # TYPE.
         split_at = text.index(b"\n", text.index(b"\n") + 1) + 1
+        header, samples = text[:split_at], text[split_at:]
         rendered.append(
             RenderedFamily(
                 name=family.name,
-                header=text[:split_at],
-                samples=text[split_at:],
+                header=header,
+                samples=samples,
                 series=len(family.samples),
+                header_z=deflate_piece(header),
+                samples_z=deflate_piece(samples),
             )
         )
     return tuple(rendered)

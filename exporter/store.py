@@ -5,12 +5,12 @@ database, and the lock is only ever held for dictionary updates and byte joins, 
 SQL runs, so a slow database can never slow a scrape.
 """
 
-import gzip
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from exporter.gzipjoin import gzip_from_pieces
 from exporter.render import RenderedFamily
 
 
@@ -55,18 +55,20 @@ class TargetStatus:
 
 
 class Snapshot:
-    """One version of the /metrics body, with its gzip form computed on first request."""
+    """One version of the /metrics body; its gzip form is assembled on first request."""
 
-    def __init__(self, body: bytes, valid_until: float) -> None:
+    def __init__(self, body: bytes, gzip_pieces: list[bytes], valid_until: float) -> None:
         self.body = body
         self.valid_until = valid_until  # monotonic: a part expires then
+        self._gzip_pieces = gzip_pieces
         self._gzip: bytes | None = None
         self._gzip_lock = threading.Lock()
 
     def gzipped(self) -> bytes:
-        with self._gzip_lock:  # concurrent scrapers compress once, not once each
+        # The pieces were compressed by the jobs; this is a join and a CRC, not a compression.
+        with self._gzip_lock:
             if self._gzip is None:
-                self._gzip = gzip.compress(self.body, compresslevel=6, mtime=0)
+                self._gzip = gzip_from_pieces(self._gzip_pieces, self.body)
             return self._gzip
 
 
@@ -135,17 +137,23 @@ class Store:
             return self._snapshot
 
     def _build(self, now: float) -> Snapshot:
-        headers: dict[str, bytes] = {}
-        samples: dict[str, list[bytes]] = {}
+        # Group by family name: one header per family, then the samples of every part.
+        by_name: dict[str, list[RenderedFamily]] = {}
         valid_until = float("inf")
-        fresh = [(k, p) for k, p in sorted(self._parts.items()) if p.expires_at > now]
-        for _, part in fresh:
+        for _, part in sorted(self._parts.items()):
+            if part.expires_at <= now:
+                continue
             valid_until = min(valid_until, part.expires_at)
             for family in part.families:
-                headers.setdefault(family.name, family.header)
-                samples.setdefault(family.name, []).append(family.samples)
+                by_name.setdefault(family.name, []).append(family)
         for family in self._self_metrics(dict(self._targets)):
-            headers.setdefault(family.name, family.header)
-            samples.setdefault(family.name, []).append(family.samples)
-        body = b"".join(headers[name] + b"".join(samples[name]) for name in headers)
-        return Snapshot(body, valid_until)
+            by_name.setdefault(family.name, []).append(family)
+        plain: list[bytes] = []
+        packed: list[bytes] = []
+        for families in by_name.values():
+            plain.append(families[0].header)
+            packed.append(families[0].header_z)
+            for family in families:
+                plain.append(family.samples)
+                packed.append(family.samples_z)
+        return Snapshot(b"".join(plain), packed, valid_until)
