@@ -165,6 +165,8 @@ class CollectorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     help: str
+    # What kind of target it runs on. PgBouncer collectors read the admin console (SHOW ...).
+    target_type: Literal["postgres", "pgbouncer"] = "postgres"
     scope: Literal["server", "database"] = "server"
     interval: Duration = 60.0
     timeout: Duration = 10.0
@@ -185,6 +187,8 @@ class CollectorSpec(BaseModel):
             raise ValueError("timeout must not be longer than interval")
         if self.databases is not None and self.scope != "database":
             raise ValueError("databases: only for collectors with scope: database")
+        if self.target_type == "pgbouncer" and (self.scope != "server" or self.requires.roles):
+            raise ValueError("pgbouncer collectors have scope: server and no requires")
         seen: set[str] = set()
         for query in self.queries:
             if query.name in seen:
@@ -224,7 +228,8 @@ class Collector(BaseModel):
 
     @property
     def prefix(self) -> str:
-        return f"pg_{self.name}"
+        # PgBouncer's metrics are its own family (pgbouncer_...), named for the collector.
+        return self.name if self.spec.target_type == "pgbouncer" else f"pg_{self.name}"
 
     def metric_name(self, column: str, spec: Column) -> str:
         base = f"{self.prefix}_{spec.name or column}"
@@ -236,6 +241,8 @@ class Collector(BaseModel):
 def check_metric_names(collector: Collector) -> list[str]:
     """Problems with the metric names a collector would publish, as `where: message`."""
     problems: list[str] = []
+    if collector.spec.target_type == "pgbouncer" and not collector.name.startswith("pgbouncer_"):
+        problems.append("target_type: pgbouncer collectors are named pgbouncer_<something>")
     owners: dict[str, str] = {}
     for query in collector.spec.queries:
         for column, spec in query.metrics.items():

@@ -1,5 +1,6 @@
 """Running one catalogue collector on one connection and turning its rows into metric families."""
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
@@ -80,12 +81,15 @@ def run(
     """
     spec = collector.spec
     families: list[Metric] = []
-    with conn.transaction():
-        conn.execute(
-            sql.SQL("SET LOCAL statement_timeout = {}").format(
-                sql.Literal(f"{int(timeout_seconds * 1000)}ms")
+    postgres = spec.target_type == "postgres"
+    # PgBouncer's console has neither transactions nor settings; its SHOWs answer from memory.
+    with conn.transaction() if postgres else contextlib.nullcontext():
+        if postgres:
+            conn.execute(
+                sql.SQL("SET LOCAL statement_timeout = {}").format(
+                    sql.Literal(f"{int(timeout_seconds * 1000)}ms")
+                )
             )
-        )
         for query, branch in steps.steps:
             # The SQL is the catalogue's own text, not built from input: run it as written,
             # with the collector's params (if any) bound by the driver.

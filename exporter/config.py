@@ -76,7 +76,7 @@ class TargetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-    type: Literal["postgres"] = "postgres"
+    type: Literal["postgres", "pgbouncer"] = "postgres"
     dsn: SecretStr
     password_file: Path | None = None
     max_connections: int = Field(default=2, ge=2, le=20)

@@ -25,6 +25,13 @@ class ConnectFailed(Exception):
 
 def session_options(target: TargetConfig) -> dict[str, Any]:
     """libpq keyword arguments that every session of the exporter uses."""
+    if target.type == "pgbouncer":
+        # The admin console takes no `options` and no transactions; SHOW is all it can do.
+        return {
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": max(1, round(target.connect_timeout)),
+            "autocommit": True,
+        }
     settings = {
         "default_transaction_read_only": "on",
         "lock_timeout": f"{int(target.lock_timeout * 1000)}ms",
@@ -55,7 +62,8 @@ class TargetConnections:
             open=False,
             name=target.name,
             # A broken connection (server restart, pg_terminate_backend) is replaced at checkout.
-            check=ConnectionPool.check_connection,
+            # The PgBouncer console answers no empty query; a broken one fails and is dropped.
+            check=ConnectionPool.check_connection if target.type == "postgres" else None,
             # Give up a reconnection loop early: the next checkout starts a fresh attempt, so a
             # returning server is seen within one collector interval, not after a long backoff.
             reconnect_timeout=max(10.0, 2 * target.connect_timeout),

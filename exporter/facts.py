@@ -1,5 +1,6 @@
 """What a server is and what the monitoring role may see: the probe that selects collectors."""
 
+import re
 from dataclasses import dataclass
 
 import psycopg
@@ -23,7 +24,7 @@ SELECT current_setting('server_version_num')::int AS version_num,
 
 @dataclass(frozen=True)
 class ServerFacts:
-    version_num: int
+    version_num: int  # server_version_num; for PgBouncer major*10000 + minor*100 + patch
     version: str
     in_recovery: bool
     database: str  # the database the target's DSN connects to
@@ -52,6 +53,25 @@ def probe(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
         roles=frozenset(_as_strings(roles)),
         extensions=frozenset(_as_strings(ext)),
         databases=tuple(_as_strings(dbs)),
+    )
+
+
+def probe_pgbouncer(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
+    """PgBouncer's admin console: its version is all there is to know."""
+    row = conn.execute("SHOW VERSION").fetchone()
+    text = str(row[0]) if row else ""
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    major, minor, patch = (int(g or 0) for g in match.groups()) if match else (0, 0, 0)
+    return ServerFacts(
+        version_num=major * 10000 + minor * 100 + patch,
+        version=text.removeprefix("PgBouncer ").strip(),
+        in_recovery=False,
+        database="pgbouncer",
+        preload=None,
+        superuser=False,
+        roles=frozenset(),
+        extensions=frozenset(),
+        databases=(),
     )
 
 

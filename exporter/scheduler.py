@@ -71,6 +71,8 @@ class Scheduler:
             misfire_grace_time=max(1, int(self._up_interval)),
         )
         for collector in self._collectors:
+            if collector.spec.target_type != target.config.type:
+                continue
             interval = collector.spec.interval
             self._scheduler.add_job(
                 run_collector,
@@ -102,4 +104,6 @@ def run_all_once(
     for target in registry:
         probe_target(target)
         for collector in enabled:
+            if collector.spec.target_type != target.config.type:
+                continue
             run_collector(target, collector, store, max_age=max_age)

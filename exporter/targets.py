@@ -12,7 +12,7 @@ from exporter.catalogue import Collector
 from exporter.collect import Selections
 from exporter.config import DatabaseFilter, TargetConfig
 from exporter.connections import ConnectFailed, TargetConnections
-from exporter.facts import ServerFacts, probe
+from exporter.facts import ServerFacts, probe, probe_pgbouncer
 from exporter.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,12 @@ class Target:
         """Connect, read the server's facts, and record the target as up (or down, raising)."""
         try:
             wait = self.config.connect_timeout
-            with self.connections.connection(wait_seconds=wait) as conn, conn.transaction():
-                facts = probe(conn)
+            with self.connections.connection(wait_seconds=wait) as conn:
+                if self.config.type == "pgbouncer":
+                    facts = probe_pgbouncer(conn)
+                else:
+                    with conn.transaction():
+                        facts = probe(conn)
         except ConnectFailed as exc:
             self.mark_down(str(exc))
             raise
