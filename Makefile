@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-majors lint format bench bench-quick install clean
+.PHONY: demo test test-majors lint format metrics-doc bench bench-quick install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format exporter tests bench
 	$(BIN)/ruff check --fix exporter tests bench
+
+## Regenerate METRICS.md from the collector catalogue (a test fails when it is stale).
+metrics-doc: $(STAMP)
+	$(BIN)/python -m exporter.metricsdoc > METRICS.md
 
 ## Benchmarks; results go to BENCHMARKS.md.
 bench: $(STAMP)

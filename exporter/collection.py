@@ -33,6 +33,7 @@ def probe_target(target: Target) -> None:
         pass  # already recorded by the target as down, with one log line
     except psycopg.Error as exc:
         target.mark_down(target.redact(first_line(exc)))
+    target.publish_pool_stats()
 
 
 def run_collector(target: Target, collector: Collector, store: Store, *, max_age: float) -> None:

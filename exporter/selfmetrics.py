@@ -9,6 +9,65 @@ from exporter import __version__
 from exporter.render import RenderedFamily, render
 from exporter.store import TargetStatus
 
+# psycopg_pool's get_stats() keys -> (metric, kind, help). Keys it omits while zero are 0.
+POOL_STATS: dict[str, tuple[str, str, str]] = {
+    "pool_size": (
+        "pg_exporter_pool_connections",
+        "gauge",
+        "Connections the pool holds (in use, idle or being opened).",
+    ),
+    "pool_available": (
+        "pg_exporter_pool_idle_connections",
+        "gauge",
+        "Pool connections idle and ready.",
+    ),
+    "pool_max": (
+        "pg_exporter_pool_max_connections",
+        "gauge",
+        "The most connections the pool may open.",
+    ),
+    "requests_waiting": (
+        "pg_exporter_pool_waiting_requests",
+        "gauge",
+        "Jobs waiting for a pool connection right now.",
+    ),
+    "requests_num": (
+        "pg_exporter_pool_requests_total",
+        "counter",
+        "Connections requested from the pool.",
+    ),
+    "requests_queued": (
+        "pg_exporter_pool_requests_queued_total",
+        "counter",
+        "Requests that had to wait for a connection.",
+    ),
+    "requests_errors": (
+        "pg_exporter_pool_request_errors_total",
+        "counter",
+        "Requests that timed out or were refused.",
+    ),
+    "requests_wait_ms": (
+        "pg_exporter_pool_request_wait_seconds_total",
+        "counter",
+        "Time spent waiting for pool connections.",
+    ),
+    "connections_num": (
+        "pg_exporter_pool_connections_opened_total",
+        "counter",
+        "Connection attempts the pool made.",
+    ),
+    "connections_errors": (
+        "pg_exporter_pool_connection_errors_total",
+        "counter",
+        "Connection attempts that failed.",
+    ),
+    "connections_lost": (
+        "pg_exporter_pool_connections_lost_total",
+        "counter",
+        "Connections found broken (server restart, terminated backend).",
+    ),
+}
+
 
 def self_metrics(targets: dict[str, TargetStatus]) -> Iterable[RenderedFamily]:
     return render(_families(targets))
@@ -59,8 +118,18 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
         "(server version, missing extension or privilege), else 1.",
         labels=[*per_collector, "reason"],
     )
+    pool: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        key: (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, help_text, labels=["target"]
+        )
+        for key, (name, kind, help_text) in POOL_STATS.items()
+    }
     for target, status in sorted(targets.items()):
         up.add_metric([target], 1 if status.up else 0)
+        if status.pool:
+            for key, family in pool.items():
+                scale = 0.001 if key.endswith("_ms") else 1
+                family.add_metric([target], status.pool.get(key, 0) * scale)
         for name, collector in sorted(status.collectors.items()):
             labels = [target, name]
             if collector.last_success is not None:
@@ -72,4 +141,14 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
             unavailable = collector.state == "unavailable"
             reason = collector.message if unavailable else ""
             available.add_metric([*labels, reason], 0 if unavailable else 1)
-    return [build, up, last_success, duration, errors, series, collector_up, available]
+    return [
+        build,
+        up,
+        last_success,
+        duration,
+        errors,
+        series,
+        collector_up,
+        available,
+        *(family for family in pool.values() if family.samples),
+    ]

@@ -52,6 +52,7 @@ class TargetStatus:
     message: str = ""
     server_version: str = ""
     collectors: dict[str, CollectorStatus] = field(default_factory=dict)
+    pool: dict[str, int] = field(default_factory=dict)  # psycopg_pool's get_stats()
 
 
 class Snapshot:

@@ -96,6 +96,9 @@ class Target:
             db for db in facts.databases if self.config.databases.allows(db) and wanted.allows(db)
         ]
 
+    def publish_pool_stats(self) -> None:
+        self._store.set_target(self.name, pool=self.connections.stats())
+
     def redact(self, text: str) -> str:
         """The text with this target's passwords masked (defence in depth for error messages)."""
         for secret in self.config.secrets():

@@ -39,6 +39,10 @@ def test_serves_metrics_collected_in_background(
     assert value(samples, "pg_up", target="pg") == 1
     assert value(samples, "pg_database_xact_commit_total", datname="postgres", target="pg")
     assert scrape_text(port, accept_gzip=True) == scrape_text(port)
+    # The exporter's own pool: max_connections 2 leaves the pool one connection.
+    assert value(samples, "pg_exporter_pool_max_connections", target="pg") == 1
+    requests = value(samples, "pg_exporter_pool_requests_total", target="pg")
+    assert requests is not None and requests > 0
 
 
 def test_landing_page_and_health(postgres: LocalPostgres, run_exporter: RunExporter) -> None:
