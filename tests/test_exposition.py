@@ -1,0 +1,35 @@
+"""The exposition passes Prometheus' own linter, with every collector enabled."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import exporter_config
+from exporter.app import collect_once
+from exporter.embedded import LocalPostgres
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return path
+
+
+def test_once_output_passes_promtool_check_metrics(postgres: LocalPostgres) -> None:
+    config = exporter_config(postgres.dsn())
+    enabled = tuple(
+        c.model_copy(update={"spec": c.spec.model_copy(update={"enabled": True})})
+        for c in config.catalogue
+    )
+    body = collect_once(config.model_copy(update={"catalogue": enabled}))
+    result = subprocess.run(
+        [promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
+    )
+    problems = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0, problems
+    assert problems.strip() == "", problems
