@@ -48,6 +48,14 @@ class Column(BaseModel):
     help: str = ""
     unit: str | None = Field(default=None, description="base unit: seconds, bytes, ratio, ...")
     scale: float = Field(default=1.0, description="multiplier, e.g. 0.001 for milliseconds")
+    # For SHOW commands (PgBouncer), whose columns SQL cannot combine or rename:
+    add: dict[str, float] = Field(
+        default_factory=dict,
+        description="other columns added to the value, times a factor (maxwait_us: 1.0e-6)",
+    )
+    aliases: tuple[str, ...] = Field(
+        default=(), description="names this column has in other versions (reserve_pool)"
+    )
 
 
 ColumnSpec = Annotated[Column, BeforeValidator(_column_shorthand)]
@@ -120,6 +128,12 @@ class Query(BaseModel):
             published = spec.name or column
             if spec.usage is Usage.LABEL and published in RESERVED_LABELS:
                 raise ValueError(f"metrics.{column}: label name {published!r} is reserved")
+            for other in spec.add:
+                if other == column or other not in self.metrics:
+                    raise ValueError(f"metrics.{column}.add: {other!r} is not another column")
+            for alias in spec.aliases:
+                if alias in self.metrics:
+                    raise ValueError(f"metrics.{column}.aliases: {alias!r} is mapped itself")
         if self.limit is not None:
             named = [*self.limit.rank_by, *([self.limit.keep_when] if self.limit.keep_when else [])]
             for column in named:
@@ -133,6 +147,11 @@ class Query(BaseModel):
         if self.sql is None:
             return self.branches
         return (Branch(sql=self.sql, min_version=self.min_version, max_version=self.max_version),)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Other versions' column names, to the mapped names they stand for."""
+        return {alias: c for c, spec in self.metrics.items() for alias in spec.aliases}
 
     def branch_for(self, version_num: int) -> Branch | None:
         return next((b for b in self.alternatives if b.applies_to(version_num)), None)

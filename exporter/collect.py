@@ -95,7 +95,8 @@ def run(
             # with the collector's params (if any) bound by the driver.
             text = branch.sql.encode()
             cursor = conn.execute(text, spec.params) if spec.params else conn.execute(text)
-            columns = [c.name for c in cursor.description or ()]
+            aliases = query.aliases  # a column another version names differently
+            columns = [aliases.get(c.name, c.name) for c in cursor.description or ()]
             rows = cursor.fetchall()
             if query.limit is not None:
                 key_columns = [
@@ -154,10 +155,24 @@ def to_families(
             raise CollectorFailed(f"query {query.name!r}: two rows share the labels {shared}")
         seen.add(label_values)
         for column in value_columns:
-            value = _number(row[index[column]])
+            value = _value(row, index, column, query.metrics[column])
             if value is not None:
-                families[column].add_metric(list(label_values), value * query.metrics[column].scale)
+                families[column].add_metric(list(label_values), value)
     return [f for f in families.values() if f.samples]
+
+
+def _value(
+    row: tuple[object, ...], index: dict[str, int], column: str, spec: Column
+) -> float | None:
+    """The column's scaled value plus the columns it adds (those this version has)."""
+    value = _number(row[index[column]])
+    if value is None:
+        return None
+    total = value * spec.scale
+    for other, factor in spec.add.items():
+        extra = _number(row[index[other]]) if other in index else None
+        total += 0.0 if extra is None else extra * factor
+    return total
 
 
 def _label_value(value: object) -> str:
