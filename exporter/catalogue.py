@@ -48,6 +48,11 @@ class Column(BaseModel):
     help: str = ""
     unit: str | None = Field(default=None, description="base unit: seconds, bytes, ratio, ...")
     scale: float = Field(default=1.0, description="multiplier, e.g. 0.001 for milliseconds")
+    # A query may publish per-object and per-database figures together (one statement, e.g.
+    # when both come from one expensive scan): a metric then names the label columns it has.
+    labels: tuple[str, ...] | None = Field(
+        default=None, description="the query's label columns this metric carries (default: all)"
+    )
     # For SHOW commands (PgBouncer), whose columns SQL cannot combine or rename:
     add: dict[str, float] = Field(
         default_factory=dict,
@@ -134,6 +139,9 @@ class Query(BaseModel):
             for alias in spec.aliases:
                 if alias in self.metrics:
                     raise ValueError(f"metrics.{column}.aliases: {alias!r} is mapped itself")
+            for label in spec.labels or ():
+                if self.metrics.get(label, Column(usage=Usage.IGNORE)).usage is not Usage.LABEL:
+                    raise ValueError(f"metrics.{column}.labels: {label!r} is not a label column")
         if self.limit is not None:
             named = [*self.limit.rank_by, *([self.limit.keep_when] if self.limit.keep_when else [])]
             for column in named:
@@ -277,6 +285,9 @@ def check_metric_names(collector: Collector) -> list[str]:
                 problems.append(f"{where}: {name!r} is not a valid metric name")
             if spec.usage is Usage.GAUGE and name.endswith("_total"):
                 problems.append(f"{where}: `_total` is reserved for counters")
+            if name.removesuffix("_total").endswith(("_count", "_sum", "_bucket")):
+                # Histogram and summary suffixes confuse Prometheus' parsers and linters.
+                problems.append(f"{where}: {name!r} ends in a suffix Prometheus reserves")
             if spec.unit and spec.unit not in name.removesuffix("_total").split("_"):
                 problems.append(f"{where}: the name {name!r} should carry its unit {spec.unit!r}")
             if name in owners:

@@ -54,7 +54,8 @@ def plan(collector: Collector, facts: ServerFacts, extensions: frozenset[str]) -
         if branch is not None:
             steps.append((query, branch))
     if not steps:
-        return _unavailable(f"not available on PostgreSQL {facts.version}")
+        product = "PgBouncer" if collector.spec.target_type == "pgbouncer" else "PostgreSQL"
+        return _unavailable(f"not available on {product} {facts.version}")
     return Plan(steps=tuple(steps))
 
 
@@ -123,28 +124,40 @@ def to_families(
 ) -> list[Metric]:
     """Map result rows to metric families per the query's column usages."""
     unmapped = [c for c in columns if c not in query.metrics]
-    if unmapped:
+    # SHOW cannot select columns and PgBouncer adds some in minor releases, so there a new
+    # column is ignored; SQL collectors keep the strict rule, which catches typos.
+    if unmapped and collector.spec.target_type != "pgbouncer":
         raise CollectorFailed(
             f"query {query.name!r}: column(s) {', '.join(unmapped)} not mapped "
             "(map them, or give them usage: ignore)"
         )
-    label_columns = [c for c in columns if query.metrics[c].usage is Usage.LABEL]
+    usage = {c: query.metrics.get(c, _IGNORED).usage for c in columns}
+    label_columns = [c for c in columns if usage[c] is Usage.LABEL]
     label_names = [*labels, *(query.metrics[c].name or c for c in label_columns)]
     clashes = set(labels) & set(label_names[len(labels) :])
     if clashes:
         raise CollectorFailed(f"query {query.name!r}: label(s) {', '.join(clashes)} set twice")
-    value_columns = [c for c in columns if query.metrics[c].usage in (Usage.GAUGE, Usage.COUNTER)]
+    value_columns = [c for c in columns if usage[c] in (Usage.GAUGE, Usage.COUNTER)]
     families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+    # The positions in label_names of the labels each metric carries (`labels:` narrows them).
+    carried: dict[str, list[int]] = {}
     for column in value_columns:
         spec = query.metrics[column]
+        carried[column] = [
+            i
+            for i, c in enumerate([*labels, *label_columns])
+            if i < len(labels) or spec.labels is None or c in spec.labels
+        ]
+        names = [label_names[i] for i in carried[column]]
         name = collector.metric_name(column, spec)
         help_text = spec.help or f"{column} from {collector.name}"
         if spec.usage is Usage.COUNTER:
-            families[column] = CounterMetricFamily(name, help_text, labels=label_names)
+            families[column] = CounterMetricFamily(name, help_text, labels=names)
         else:
-            families[column] = GaugeMetricFamily(name, help_text, labels=label_names)
+            families[column] = GaugeMetricFamily(name, help_text, labels=names)
     index = {c: i for i, c in enumerate(columns)}
     seen: set[tuple[str, ...]] = set()
+    published: dict[str, set[tuple[str, ...]]] = {c: set() for c in value_columns}
     for row in rows:
         label_values = (
             *labels.values(),
@@ -156,8 +169,16 @@ def to_families(
         seen.add(label_values)
         for column in value_columns:
             value = _value(row, index, column, query.metrics[column])
-            if value is not None:
-                families[column].add_metric(list(label_values), value)
+            if value is None:
+                continue
+            own = tuple(label_values[i] for i in carried[column])
+            if own in published[column]:
+                shared = {label_names[i]: label_values[i] for i in carried[column]}
+                raise CollectorFailed(
+                    f"query {query.name!r}: two rows give {column!r} the labels {shared}"
+                )
+            published[column].add(own)
+            families[column].add_metric(list(own), value)
     return [f for f in families.values() if f.samples]
 
 

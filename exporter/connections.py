@@ -63,7 +63,7 @@ class TargetConnections:
             name=target.name,
             # A broken connection (server restart, pg_terminate_backend) is replaced at checkout.
             # The PgBouncer console answers no empty query; a broken one fails and is dropped.
-            check=ConnectionPool.check_connection if target.type == "postgres" else None,
+            check=ConnectionPool.check_connection if target.type == "postgres" else _check_console,
             # Give up a reconnection loop early: the next checkout starts a fresh attempt, so a
             # returning server is seen within one collector interval, not after a long backoff.
             reconnect_timeout=max(10.0, 2 * target.connect_timeout),
@@ -122,6 +122,11 @@ class TargetConnections:
             return first_line(exc)
         finally:
             self._visits.release()
+
+
+def _check_console(conn: psycopg.Connection[Any]) -> None:
+    """PgBouncer's console rejects check_connection's empty query; SHOW VERSION is as cheap."""
+    conn.execute("SHOW VERSION")
 
 
 def first_line(exc: BaseException) -> str:

@@ -53,8 +53,14 @@ def _versions(branches: list[Branch], pgbouncer: bool) -> str:
 
 def _branches_with(query: Query, column: str) -> list[Branch]:
     # A column exists on the versions whose SQL mentions it (as a name or an alias).
-    word = re.compile(rf"\b{re.escape(column)}\b")
-    return [b for b in query.alternatives if word.search(b.sql)]
+    names = (column, *query.metrics[column].aliases)
+
+    def has(branch: Branch) -> bool:
+        if branch.sql.lstrip().upper().startswith("SHOW "):
+            return True  # PgBouncer's SHOW names no columns: assume every version has it
+        return any(re.search(rf"\b{re.escape(n)}\b", branch.sql) for n in names)
+
+    return [b for b in query.alternatives if has(b)]
 
 
 def _collector_section(collector: Collector) -> list[str]:
@@ -89,8 +95,11 @@ def _collector_section(collector: Collector) -> list[str]:
             name = collector.metric_name(column, column_spec)
             versions = _versions(_branches_with(query, column), pgbouncer)
             help_text = column_spec.help.replace("|", "\\|")
+            own = labels
+            if column_spec.labels is not None:
+                own = [query.metrics[c].name or c for c in column_spec.labels]
             lines.append(
-                f"| `{name}` | {column_spec.usage.value} | {', '.join(base + labels)} "
+                f"| `{name}` | {column_spec.usage.value} | {', '.join(base + own)} "
                 f"| {versions} | {help_text} |"
             )
     if any(q.limit for q in spec.queries):

@@ -13,8 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
+from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
 from exporter.embedded import LocalPostgres
+from exporter.units import parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,6 +73,23 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return found[0] if found else None
 
 
+def enabled_postgres_collectors() -> set[str]:
+    return {
+        name
+        for name, spec in builtin_specs().items()
+        if spec.enabled and spec.target_type == "postgres"
+    }
+
+
+def collector_states(samples: Samples) -> dict[str, float]:
+    """collector -> pg_exporter_collector_up."""
+    return {
+        dict(labels)["collector"]: v
+        for (name, labels), v in samples.items()
+        if name == "pg_exporter_collector_up"
+    }
+
+
 def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
 
@@ -99,12 +118,19 @@ def private_postgres() -> Iterator[LocalPostgres]:
     server.cleanup()
 
 
-def exporter_config(dsn: str, *, interval: str = "1s", **extra: Any) -> Config:
-    """A config with every built-in collector on a short interval, for tests."""
-    collectors = {
-        name: {"interval": interval, "timeout": interval}
-        for name in ("connections", "database", "database_size")
-    }
+FAST_COLLECTORS = ("connections", "database", "database_size")
+
+
+def exporter_config(
+    dsn: str, *, interval: str = "1s", all_collectors: bool = False, **extra: Any
+) -> Config:
+    """A config for tests: the fast collectors (or, with all_collectors, every built-in) on
+    `interval`; the others keep their defaults (they still run once at start-up)."""
+    seconds = parse_duration(interval)
+    collectors: dict[str, Any] = {}
+    for name, spec in builtin_specs().items():
+        if name in FAST_COLLECTORS or all_collectors:
+            collectors[name] = {"interval": interval, "timeout": min(spec.timeout, seconds)}
     collectors.update(extra.pop("collectors", {}))
     raw = {
         "up_interval": interval,

@@ -7,7 +7,17 @@ import psycopg
 import pytest
 import yaml
 
-from conftest import REPO, Samples, exporter_config, names, parse_exposition, value, wait_for
+from conftest import (
+    REPO,
+    Samples,
+    collector_states,
+    enabled_postgres_collectors,
+    exporter_config,
+    names,
+    parse_exposition,
+    value,
+    wait_for,
+)
 from exporter.app import collect_once
 from exporter.config import parse_config
 from exporter.embedded import LocalPostgres
@@ -67,12 +77,10 @@ def test_connections_by_state(postgres: LocalPostgres, idle_in_transaction: None
 def test_every_collector_runs_without_error(postgres: LocalPostgres) -> None:
     samples = parse_exposition(collect_once(exporter_config(postgres.dsn())).decode())
     assert value(samples, "pg_up", target="pg") == 1
-    states = {
-        dict(labels)["collector"]: v
-        for (name, labels), v in samples.items()
-        if name == "pg_exporter_collector_up"
-    }
-    assert states == {"connections": 1, "database": 1, "database_size": 1}
+    states = collector_states(samples)
+    assert set(states) == enabled_postgres_collectors()
+    failing = {name: v for name, v in states.items() if v != 1}
+    assert not failing, f"collectors not up: {failing}"
 
 
 def test_exporter_sessions_are_read_only_and_named(postgres: LocalPostgres) -> None:

@@ -13,7 +13,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import exporter_config, names, parse_exposition, scrape, scrape_text, value, wait_for
+from conftest import (
+    collector_states,
+    enabled_postgres_collectors,
+    exporter_config,
+    names,
+    parse_exposition,
+    scrape,
+    scrape_text,
+    value,
+    wait_for,
+)
 from exporter.app import Exporter
 from exporter.config import Config
 from exporter.embedded import LocalPostgres
@@ -26,13 +36,21 @@ def collectors_ok(port: int, *expected: str) -> bool:
     return all(value(samples, "pg_exporter_collector_up", collector=name) == 1 for name in expected)
 
 
+def all_collected(port: int) -> bool:
+    """Every enabled collector has finished its first run, and the pool stats are published."""
+    samples = scrape(port)
+    states = collector_states(samples)
+    done = set(states) == enabled_postgres_collectors() and all(v == 1 for v in states.values())
+    return done and value(samples, "pg_exporter_pool_requests_total", target="pg") is not None
+
+
 def test_serves_metrics_collected_in_background(
     postgres: LocalPostgres, run_exporter: RunExporter
 ) -> None:
     exporter = run_exporter(exporter_config(postgres.dsn()))
     port = exporter.server.port
     wait_for(
-        lambda: collectors_ok(port, "database", "connections", "database_size"),
+        lambda: all_collected(port),
         what="first collection",
     )
     samples = scrape(port)
@@ -67,10 +85,10 @@ def test_scrapes_run_no_sql(postgres: LocalPostgres, run_exporter: RunExporter) 
         conn.execute("CREATE ROLE scrape_counter LOGIN IN ROLE pg_monitor")
     dsn = postgres.dsn(user="scrape_counter")
     # Hour-long intervals: after the first round, no job is due while we scrape.
-    exporter = run_exporter(exporter_config(dsn, interval="1h"))
+    exporter = run_exporter(exporter_config(dsn, interval="1h", all_collectors=True))
     port = exporter.server.port
     wait_for(
-        lambda: collectors_ok(port, "database", "connections", "database_size"),
+        lambda: all_collected(port),
         what="first collection",
     )
 

@@ -163,7 +163,7 @@ def test_unused_index_flagged_and_kept_when_capped(postgres: LocalPostgres, data
     assert set(sizes) == {("orders_customer_idx",), ("parent_pkey",), ("orders_note_idx",)}
     scans = labelled(samples, "pg_indexes_idx_scan_total", database, "indexrelname")
     assert scans[("orders_note_idx",)] == 0
-    assert value(samples, "pg_indexes_all_count", datname=database) == 6
+    assert value(samples, "pg_indexes_all_indexes", datname=database) == 6
     assert value(samples, "pg_indexes_all_idx_scan_total", datname=database) == query(
         postgres, database, "SELECT sum(idx_scan) FROM pg_stat_user_indexes"
     )
@@ -330,7 +330,7 @@ def test_locked_table_gets_no_size_and_blocks_nothing(
     assert set(index_sizes) == {("free_pkey",)}
     # A total that would be too small is left out rather than published.
     assert value(samples, "pg_tables_all_size_bytes", datname=database) is None
-    assert value(samples, "pg_tables_all_count", datname=database) == 2
+    assert value(samples, "pg_tables_all_tables", datname=database) == 2
     live = labelled(samples, "pg_tables_n_live_tup", database, "relname")
     assert set(live) == {("free",), ("locked",)}  # statistics need no lock
 
@@ -457,7 +457,7 @@ def test_dead_tuples_flagged_table_kept_when_capped(postgres: LocalPostgres, dat
     live = labelled(samples, "pg_tables_n_live_tup", database, "relname")
     assert live == {("big",): 95000, ("churned",): 500}
     # The per-database totals count every table, published or not.
-    assert value(samples, "pg_tables_all_count", datname=database) == 3
+    assert value(samples, "pg_tables_all_tables", datname=database) == 3
     assert value(samples, "pg_tables_all_n_dead_tup", datname=database) == 6500
     assert value(samples, "pg_tables_all_n_live_tup", datname=database) == query(
         postgres, database, "SELECT sum(n_live_tup) FROM pg_stat_user_tables"
