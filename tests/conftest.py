@@ -5,6 +5,7 @@ import os
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +161,28 @@ def run_exporter() -> Iterator[Callable[[Config], Exporter]]:
 _database_counter = iter(range(1_000_000))
 
 
-@pytest.fixture
-def database(postgres: LocalPostgres) -> Iterator[str]:
-    """A fresh, empty database on the shared server, dropped after the test."""
+@contextmanager
+def fresh_database(postgres: LocalPostgres) -> Iterator[str]:
+    """A new, empty database on the server, dropped afterwards."""
     name = f"t{os.getpid()}_{next(_database_counter)}"
     with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database(postgres: LocalPostgres) -> Iterator[str]:
+    """A fresh, empty database on the shared server, dropped after the test."""
+    with fresh_database(postgres) as name:
+        yield name
+
+
+@pytest.fixture
+def other_database(postgres: LocalPostgres) -> Iterator[str]:
+    """A second fresh database: the healthy neighbour of the one a test plants a problem in."""
+    with fresh_database(postgres) as name:
+        yield name

@@ -1,6 +1,5 @@
 """Connections: states, ages, lock waits and the limits connections count against."""
 
-import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,8 +14,6 @@ from exporter.embedded import LocalPostgres
 from exporter.selfmetrics import self_metrics
 from exporter.store import Store
 from exporter.targets import TargetRegistry
-
-_counter = itertools.count()
 
 
 def collect(dsn: str, **override: Any) -> Samples:
@@ -58,17 +55,6 @@ def roles(postgres: LocalPostgres) -> Iterator[None]:
 @pytest.fixture
 def monitor_dsn(postgres: LocalPostgres, roles: None) -> str:
     return postgres.dsn(user="conn_monitor")
-
-
-@pytest.fixture
-def other_database(postgres: LocalPostgres) -> Iterator[str]:
-    """A second fresh database: the healthy neighbour of the one a test plants a problem in."""
-    name = f"conn_other_{next(_counter)}"
-    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
