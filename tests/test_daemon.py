@@ -47,7 +47,8 @@ def all_collected(port: int) -> bool:
 def test_serves_metrics_collected_in_background(
     postgres: LocalPostgres, run_exporter: RunExporter
 ) -> None:
-    exporter = run_exporter(exporter_config(postgres.dsn()))
+    # Hour-long intervals: after the first round nothing changes, so two scrapes must agree.
+    exporter = run_exporter(exporter_config(postgres.dsn(), interval="1h", all_collectors=True))
     port = exporter.server.port
     wait_for(
         lambda: all_collected(port),
