@@ -290,10 +290,21 @@ def check_metric_names(collector: Collector) -> list[str]:
                 problems.append(f"{where}: {name!r} ends in a suffix Prometheus reserves")
             if spec.unit and spec.unit not in name.removesuffix("_total").split("_"):
                 problems.append(f"{where}: the name {name!r} should carry its unit {spec.unit!r}")
-            if name in owners:
-                problems.append(f"{where}: {name!r} is already published by {owners[name]}")
-            owners[name] = f"queries.{query.name}.metrics.{column}"
+            family = name.removesuffix("_total")  # a gauge x and a counter x_total collide
+            if family in owners:
+                problems.append(f"{where}: {name!r} is already published by {owners[family]}")
+            owners[family] = f"queries.{query.name}.metrics.{column}"
     return problems
+
+
+def family_names(collector: Collector) -> set[str]:
+    """The metric family names a collector publishes (counters without `_total`)."""
+    return {
+        collector.metric_name(column, spec).removesuffix("_total")
+        for query in collector.spec.queries
+        for column, spec in query.metrics.items()
+        if spec.usage in (Usage.GAUGE, Usage.COUNTER)
+    }
 
 
 def builtin_specs() -> dict[str, CollectorSpec]:

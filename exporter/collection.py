@@ -8,7 +8,7 @@ from prometheus_client.core import Metric
 
 from exporter.catalogue import Collector
 from exporter.collect import CollectorFailed, CollectorUnavailable, plan, run
-from exporter.connections import ConnectFailed, first_line
+from exporter.connections import ConnectFailed, PoolBusy, first_line
 from exporter.facts import ServerFacts, installed_extensions
 from exporter.render import render
 from exporter.store import CollectorStatus, PartKey, Store
@@ -64,8 +64,13 @@ def run_collector(target: Target, collector: Collector, store: Store, *, max_age
     except _UNAVAILABLE_ERRORS as exc:
         state, message = "unavailable", target.redact(first_line(exc))
         store.drop(target.name, collector.name)
-    except (psycopg.Error, CollectorFailed) as exc:
+    except (psycopg.Error, CollectorFailed, PoolBusy) as exc:
         state, message = "error", target.redact(first_line(exc))
+    except Exception as exc:  # a defect (ours or a custom collector's) must still be reported
+        log.exception(
+            "collector crashed", extra={"target": target.name, "collector": collector.name}
+        )
+        state, message = "error", target.redact(f"{type(exc).__name__}: {first_line(exc)}")
     duration = time.monotonic() - started
     status = CollectorStatus(
         state=state,
@@ -123,7 +128,7 @@ def _visit_databases(
         except _UNAVAILABLE_ERRORS as exc:
             reasons.append(f"{database}: {first_line(exc)}")
             continue
-        except (ConnectFailed, psycopg.Error, CollectorFailed) as exc:
+        except (ConnectFailed, PoolBusy, psycopg.Error, CollectorFailed) as exc:
             # One database failing must not hide the others, nor mark the whole target down.
             errors.append(f"{database}: {first_line(exc)}")
             continue

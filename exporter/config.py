@@ -31,6 +31,7 @@ from exporter.catalogue import (
     apply_override,
     builtin_specs,
     check_metric_names,
+    family_names,
 )
 from exporter.units import Duration, parse_listen_address
 
@@ -115,16 +116,18 @@ class TargetConfig(BaseModel):
     def secrets(self) -> list[str]:
         """Every password this target knows, so messages can be scrubbed of them."""
         found = [self.password.get_secret_value()] if self.password is not None else []
-        in_dsn = conninfo_to_dict(self.dsn.get_secret_value()).get("password")
-        if in_dsn:
-            found.append(str(in_dsn))
+        params = conninfo_to_dict(self.dsn.get_secret_value())
+        found += [str(v) for k, v in params.items() if _is_secret(k) and v]
         return [s for s in found if s]
 
     def safe_dsn(self) -> str:
-        """The DSN without its password, for logs and the landing page."""
+        """The DSN without its secrets (password, sslpassword), for logs and the landing page."""
         params = conninfo_to_dict(self.dsn.get_secret_value())
-        params.pop("password", None)
-        return make_conninfo("", **params)
+        return make_conninfo("", **{k: v for k, v in params.items() if not _is_secret(k)})
+
+
+def _is_secret(keyword: str) -> bool:
+    return keyword.endswith("password")
 
 
 class Config(BaseModel):
@@ -245,7 +248,25 @@ def _resolve_collectors(raw: dict[str, Any]) -> tuple[list[Collector], list[str]
         collectors.append(Collector(name=name, spec=spec, builtin=False))
     for collector in collectors:
         problems.extend(f"collectors.{collector.name}.{p}" for p in check_metric_names(collector))
+    problems.extend(_name_clashes(collectors))
     return collectors, problems
+
+
+def _name_clashes(collectors: list[Collector]) -> list[str]:
+    """Metric names one collector would publish over another's, or over the exporter's own."""
+    problems = []
+    owner: dict[str, str] = {}
+    for collector in collectors:
+        for family in sorted(family_names(collector)):
+            if family == "pg_up" or family.startswith("pg_exporter_"):
+                problems.append(f"collectors.{collector.name}: {family!r} is the exporter's own")
+            elif family in owner:
+                problems.append(
+                    f"collectors.{collector.name}: {family!r} is already published by "
+                    f"collector {owner[family]!r}"
+                )
+            owner.setdefault(family, collector.name)
+    return problems
 
 
 def parse_config(raw: Any) -> Config:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from exporter.config import TargetConfig
@@ -20,7 +21,11 @@ APPLICATION_NAME = "pg-health-exporter"
 
 
 class ConnectFailed(Exception):
-    """No connection to the target could be had within the connect timeout."""
+    """The target could not be connected to: it is down, unreachable or refuses us."""
+
+
+class PoolBusy(Exception):
+    """The target is reachable, but every connection was in use for the whole wait."""
 
 
 def session_options(target: TargetConfig) -> dict[str, Any]:
@@ -31,20 +36,41 @@ def session_options(target: TargetConfig) -> dict[str, Any]:
             "application_name": APPLICATION_NAME,
             "connect_timeout": max(1, round(target.connect_timeout)),
             "autocommit": True,
+            **_dead_peer_detection(target),
         }
     settings = {
         "default_transaction_read_only": "on",
+        # The probe and every collector set a statement_timeout of their own (SET LOCAL).
         "lock_timeout": f"{int(target.lock_timeout * 1000)}ms",
         "idle_in_transaction_session_timeout": (
             f"{int(target.idle_in_transaction_timeout * 1000)}ms"
         ),
     }
-    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    ours = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    # Keep the DSN's own options (search_path, a cloud provider's endpoint=...); ours come last
+    # so they win where both set the same thing.
+    theirs = conninfo_to_dict(target.dsn.get_secret_value()).get("options")
     return {
         "application_name": APPLICATION_NAME,
         "connect_timeout": max(1, round(target.connect_timeout)),
-        "options": options,
+        "options": f"{theirs} {ours}" if theirs else ours,
         "autocommit": False,
+        **_dead_peer_detection(target),
+    }
+
+
+def _dead_peer_detection(target: TargetConfig) -> dict[str, Any]:
+    """TCP settings so a host that vanishes (no reset) fails a query within about a minute.
+
+    statement_timeout is enforced by the server; with the server gone only the client's TCP
+    stack can notice, and by default that takes from 15 minutes to 2 hours.
+    """
+    return {
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int((target.connect_timeout + 60) * 1000),
     }
 
 
@@ -92,10 +118,10 @@ class TargetConnections:
                 with self._pool.connection(timeout=wait_seconds) as conn:
                     yield conn
             except PoolTimeout:
-                raise ConnectFailed(self._explain_failure()) from None
+                raise self._explain_failure(wait_seconds) from None
             return
         if not self._visits.acquire(timeout=wait_seconds):
-            raise ConnectFailed("all connections for visiting databases are busy")
+            raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
         try:
             try:
                 conn = psycopg.connect(self._target.conninfo(database), **self._kwargs)
@@ -110,16 +136,20 @@ class TargetConnections:
         """The pool's own counters (psycopg_pool's get_stats())."""
         return self._pool.get_stats()
 
-    def _explain_failure(self) -> str:
-        # The pool only says it timed out; one direct attempt tells the user why. It borrows the
-        # visiting slot so that even this attempt stays within max_connections.
+    def _explain_failure(self, waited: float) -> ConnectFailed | PoolBusy:
+        """Why the pool had nothing for us: the target is down, or only busy.
+
+        The pool only says it timed out; one direct attempt tells which, and why. It borrows
+        the visiting slot so that even this attempt stays within max_connections.
+        """
+        busy = PoolBusy(f"every pooled connection stayed in use for {waited:g}s")
         if not self._visits.acquire(blocking=False):
-            return "timed out waiting for a connection (all in use)"
+            return busy
         try:
             with psycopg.connect(self._target.conninfo(), **self._kwargs):
-                return "timed out waiting for a pooled connection"
+                return busy
         except psycopg.Error as exc:
-            return first_line(exc)
+            return ConnectFailed(first_line(exc))
         finally:
             self._visits.release()
 

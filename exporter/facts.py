@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 # One round trip. pg_settings hides superuser-only settings from roles that may not read them,
 # so `preload` is NULL (unknown) rather than an error for a least-privilege role.
@@ -17,8 +18,12 @@ SELECT current_setting('server_version_num')::int AS version_num,
        ARRAY(SELECT rolname::text FROM pg_roles
              WHERE rolname LIKE 'pg\\_%' AND pg_has_role(current_user, oid, 'USAGE')) AS roles,
        ARRAY(SELECT extname::text FROM pg_extension) AS extensions,
+       -- Databases we may visit: not templates, accepting connections, CONNECT granted to us,
+       -- and not left invalid by an interrupted DROP DATABASE (datconnlimit -2, PG 16+).
        ARRAY(SELECT datname::text FROM pg_database
-             WHERE datallowconn AND NOT datistemplate ORDER BY datname) AS databases
+             WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
+               AND has_database_privilege(oid, 'CONNECT')
+             ORDER BY datname) AS databases
 """
 
 
@@ -38,8 +43,13 @@ class ServerFacts:
         return self.superuser or role in self.roles
 
 
-def probe(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
-    """Read the server's facts on an open connection."""
+def probe(conn: psycopg.Connection[tuple[object, ...]], *, timeout_seconds: float) -> ServerFacts:
+    """Read the server's facts on an open connection, inside a transaction."""
+    conn.execute(
+        sql.SQL("SET LOCAL statement_timeout = {}").format(
+            sql.Literal(f"{int(timeout_seconds * 1000)}ms")
+        )
+    )
     row = conn.execute(_PROBE_SQL).fetchone()
     assert row is not None  # a SELECT without FROM always returns one row
     version_num, version, in_recovery, database, preload, superuser, roles, ext, dbs = row

@@ -20,6 +20,7 @@ from exporter.targets import Target, TargetRegistry
 log = logging.getLogger(__name__)
 
 MAX_JITTER_SECONDS = 5.0
+PROBE_WORKERS = 2
 
 
 def _jitter(interval: float) -> float:
@@ -43,7 +44,12 @@ class Scheduler:
         self._up_interval = up_interval
         self._max_age_intervals = max_age_intervals
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=max_workers)},
+            executors={
+                "default": ThreadPoolExecutor(max_workers=max_workers),
+                # Probes get threads of their own: collectors queueing for a busy connection
+                # must never keep pg_up from being measured.
+                "probes": ThreadPoolExecutor(max_workers=PROBE_WORKERS),
+            },
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=dt.UTC,
         )
@@ -68,6 +74,7 @@ class Scheduler:
             jitter=_jitter(self._up_interval),
             next_run_time=now,
             id=f"{target.name}/up",
+            executor="probes",
             misfire_grace_time=max(1, int(self._up_interval)),
         )
         for collector in self._collectors:

@@ -31,7 +31,8 @@ def select_rows(  # noqa: PLR0917 (one call site; the names say what each is)
     key_at = [index[c] for c in key_columns if c in index]
 
     def key(row: Row) -> RowKey:
-        return tuple(row[i] for i in key_at)
+        # As text, like the label values they become: arrays and JSON are not hashable.
+        return tuple("" if row[i] is None else str(row[i]) for i in key_at)
 
     best_rank: dict[int, int] = {}  # row position -> best rank over all rank_by columns
     for column in limit.rank_by:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from exporter.catalogue import Collector
 from exporter.collect import Selections
 from exporter.config import DatabaseFilter, TargetConfig
-from exporter.connections import ConnectFailed, TargetConnections
+from exporter.connections import ConnectFailed, PoolBusy, TargetConnections
 from exporter.facts import ServerFacts, probe, probe_pgbouncer
 from exporter.store import Store
 
@@ -55,17 +55,25 @@ class Target:
 
     def refresh(self) -> ServerFacts:
         """Connect, read the server's facts, and record the target as up (or down, raising)."""
+        timeout = self.config.connect_timeout
         try:
-            wait = self.config.connect_timeout
-            with self.connections.connection(wait_seconds=wait) as conn:
+            with self.connections.connection(wait_seconds=timeout) as conn:
                 if self.config.type == "pgbouncer":
                     facts = probe_pgbouncer(conn)
                 else:
                     with conn.transaction():
-                        facts = probe(conn)
+                        facts = probe(conn, timeout_seconds=timeout)
         except ConnectFailed as exc:
-            self.mark_down(str(exc))
+            self.mark_down(self.redact(str(exc)))
             raise
+        except PoolBusy:
+            # Reachable (a direct attempt just worked), only busy with collectors: still up.
+            with self._lock:
+                known = self._facts
+            if known is None:
+                raise
+            self.mark_up(known)
+            return known
         with self._lock:
             self._facts = facts
         self.mark_up(facts)

@@ -19,8 +19,9 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2) or "s"]
     else:
         raise ValueError("expected a duration such as 15s, 5m or 500ms")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
+    if seconds < 0.001:
+        # Timeouts are passed to PostgreSQL in whole milliseconds, where 0 means "no timeout".
+        raise ValueError("a duration must be at least 1ms")
     return seconds
 
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO
 from exporter.cli import main
 from exporter.config import ConfigError, config_from_environment, load_config, parse_config
+from exporter.connections import session_options
 
 TARGET = {"name": "main", "dsn": "host=db dbname=postgres user=exporter"}
 
@@ -232,3 +233,50 @@ def test_cli_reports_yaml_syntax_errors(tmp_path: Path, capsys: pytest.CaptureFi
 def test_cli_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(REPO / "config.yaml")]) == 0
     assert "config OK" in capsys.readouterr().out
+
+
+def test_custom_collector_cannot_take_another_collectors_names() -> None:
+    clash = {
+        "help": "x",
+        "queries": [{"sql": "SELECT 1 AS tables", "metrics": {"tables": "gauge"}}],
+    }
+    own = {"help": "x", "queries": [{"sql": "SELECT 1 AS up", "metrics": {"up": "gauge"}}]}
+    found = problems_of(
+        {"targets": [TARGET], "collectors": {"tables_all": clash, "exporter_collector": own}}
+    )
+    assert (
+        "collectors.tables_all: 'pg_tables_all_tables' is already published by collector 'tables'"
+        in found
+    )
+    assert (
+        "collectors.exporter_collector: 'pg_exporter_collector_up' is the exporter's own" in found
+    )
+
+
+def test_gauge_and_counter_of_one_name_clash() -> None:
+    both = {
+        "help": "x",
+        "queries": [
+            {"name": "a", "sql": "SELECT 1 AS x", "metrics": {"x": "gauge"}},
+            {"name": "b", "sql": "SELECT 1 AS x", "metrics": {"x": "counter"}},
+        ],
+    }
+    found = problems_of({"targets": [TARGET], "collectors": {"mine": both}})
+    assert any("'pg_mine_x_total' is already published" in p for p in found), found
+
+
+def test_every_kind_of_password_is_kept_out_of_sight() -> None:
+    target = parse_config(
+        {"targets": [{"name": "a", "dsn": "host=x password=pw1 sslpassword=pw2"}]}
+    ).targets[0]
+    assert target.safe_dsn() == "host=x"
+    assert set(target.secrets()) == {"pw1", "pw2"}
+
+
+def test_dsn_options_are_kept() -> None:
+    target = parse_config(
+        {"targets": [{"name": "a", "dsn": "host=x options='-c search_path=app'"}]}
+    ).targets[0]
+    options = session_options(target)["options"]
+    assert options.startswith("-c search_path=app ")
+    assert "-c default_transaction_read_only=on" in options

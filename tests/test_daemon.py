@@ -149,6 +149,31 @@ def test_database_down_then_back(
     assert any(r.getMessage() == "target is up" for r in caplog.records)
 
 
+def test_busy_pool_is_not_a_down_target(postgres: LocalPostgres, run_exporter: RunExporter) -> None:
+    """A collector holding the only pooled connection makes the probe wait, not pg_up 0."""
+    sleeper = {
+        "help": "Holds the pool's connection.",
+        "interval": "1h",
+        "timeout": "8s",
+        "queries": [{"sql": "SELECT 1 AS slept FROM pg_sleep(6)", "metrics": {"slept": "gauge"}}],
+    }
+    config = exporter_config(postgres.dsn(), collectors={"sleeper": sleeper})
+    config = config.model_copy(
+        update={"targets": (config.targets[0].model_copy(update={"connect_timeout": 1.0}),)}
+    )
+    exporter = run_exporter(config)
+    port = exporter.server.port
+
+    def probe_waited_in_vain() -> bool:
+        errors = value(scrape(port), "pg_exporter_pool_request_errors_total", target="pg")
+        return bool(errors)
+
+    wait_for(probe_waited_in_vain, what="a probe timing out on the busy pool")
+    assert value(scrape(port), "pg_up", target="pg") == 1
+    wait_for(lambda: collectors_ok(port, "sleeper"), what="the sleeper finishing")
+    assert value(scrape(port), "pg_up", target="pg") == 1
+
+
 def test_database_down_at_start(private_postgres: LocalPostgres, run_exporter: RunExporter) -> None:
     private_postgres.stop()
     exporter = run_exporter(exporter_config(private_postgres.dsn()))
