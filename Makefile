@@ -47,9 +47,11 @@ metrics-doc: $(STAMP)
 ## Benchmarks; results go to BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.serve_bench --write
+	$(BIN)/python -m bench.cardinality_bench --write
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.serve_bench --quick
+	$(BIN)/python -m bench.cardinality_bench --tables 200
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
