@@ -29,7 +29,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -40,11 +39,22 @@ from typing import Any
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.serve_bench import machine, memory_kib
+from bench.common import (
+    BENCHMARKS_MD,
+    REPO,
+    SCHEMAS,
+    SERVER_SETTINGS,
+    create_tables,
+    machine,
+    memory_kib,
+    progress,
+    run_statements,
+    setup_session,
+    table_name,
+    write_marked_section,
+)
 from exporter.embedded import LocalPostgres
 
-REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START_MARKER = "<!-- cardinality-bench:start -->"
 END_MARKER = "<!-- cardinality-bench:end -->"
 COMMAND = ".venv/bin/python -m bench.cardinality_bench"
@@ -55,34 +65,20 @@ DEFAULT_STATEMENTS = 5_000
 
 DATABASE = "cardinality"
 TARGET = "bench"
-SCHEMAS = ("public", "sales", "audit", "staging")
-BATCH_TABLES = 200  # tables per transaction: ~1,400 locks, well within the default lock table
-SETUP_WORKERS = 2
 FK_EVERY = 4  # table i references table i - 1 when i % FK_EVERY == 1 (same batch)
 ROWS_EVERY = 10  # every 10th table gets 1 to 50 rows
 DUPLICATE_EVERY = 100  # table i has two identical indexes when i % DUPLICATE_EVERY == 50
 SELF_METRICS = "(exporter self-metrics)"
 
-# Server settings for a fast setup of a throwaway cluster; they do not change what is collected.
-SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 # -- the database ------------------------------------------------------------------------------
 
 
-def _table(i: int) -> str:
-    return f"{SCHEMAS[i % len(SCHEMAS)]}.t_{i:05d}"
-
-
 def table_ddl(i: int) -> str:
     """CREATE TABLE with a primary key, two secondary indexes, maybe a foreign key and rows."""
-    name = _table(i)
+    name = table_name(i)
     short = f"t_{i:05d}"
-    references = f" REFERENCES {_table(i - 1)} (id)" if i % FK_EVERY == 1 else ""
+    references = f" REFERENCES {table_name(i - 1)} (id)" if i % FK_EVERY == 1 else ""
     second = "code" if i % DUPLICATE_EVERY == 50 else "created_at"
     sql = [
         f"CREATE TABLE {name} ("
@@ -101,74 +97,6 @@ def table_ddl(i: int) -> str:
             f"SELECT g, 'row ' || g FROM generate_series(1, {rows}) g;"
         )
     return "\n".join(sql)
-
-
-# Statement shapes; each (table, shape, extra predicates) is one pg_stat_statements entry.
-STATEMENT_SHAPES = (
-    "SELECT count(*) FROM {t} WHERE code = {n}{more}",
-    "SELECT id, note FROM {t} WHERE id = {n}{more}",
-    "SELECT id FROM {t} WHERE created_at < now() - interval '{n} days'{more} LIMIT 10",
-    "UPDATE {t} SET note = 'x{n}' WHERE id = -{n}{more}",
-    "SELECT max(code) FROM {t} WHERE parent_id IS NULL AND code > {n}{more}",
-)
-
-
-def statement(i: int, tables: int, literal: int) -> str:
-    """The i-th distinct statement (its normalized form), with `literal` as its constant."""
-    table, rest = i % tables, i // tables
-    shape, extra = rest % len(STATEMENT_SHAPES), rest // len(STATEMENT_SHAPES)
-    more = "".join(f" AND id > -{literal + k}" for k in range(extra))
-    return STATEMENT_SHAPES[shape].format(t=_table(table), n=literal, more=more)
-
-
-def _setup_session(conn: psycopg.Connection) -> None:
-    # Setup DDL would otherwise fill pg_stat_statements with tens of thousands of entries.
-    conn.execute("SET pg_stat_statements.track = 'none'")
-    conn.execute("SET pg_stat_statements.track_utility = off")
-
-
-def create_tables(dsn: str, tables: int) -> None:
-    """N tables in batches of BATCH_TABLES, one transaction per batch, on SETUP_WORKERS threads."""
-    batches = [range(s, min(s + BATCH_TABLES, tables)) for s in range(0, tables, BATCH_TABLES)]
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            _setup_session(conn)
-            while True:
-                with lock:
-                    if not batches or errors:
-                        return
-                    batch = batches.pop(0)
-                try:
-                    with conn.transaction():
-                        conn.execute("\n".join(table_ddl(i) for i in batch).encode())
-                except BaseException as exc:
-                    with lock:
-                        errors.append(exc)
-                    return
-
-    threads = [threading.Thread(target=work) for _ in range(SETUP_WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-
-
-def run_statements(dsn: str, count: int, tables: int) -> None:
-    """Run `count` distinct statements (twice each, different literals) in one pipeline."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_statements_reset()")
-        with conn.pipeline() as pipeline:
-            for i in range(count):
-                for literal in (i % 97 + 1, i % 89 + 100):
-                    conn.execute(statement(i, tables, literal).encode(), prepare=False)
-                if i % 100 == 99:
-                    # Statements between syncs are one implicit transaction: bound its locks.
-                    pipeline.sync()
 
 
 @dataclass
@@ -237,11 +165,14 @@ def build(server: LocalPostgres, tables: int, statements: int) -> Database:
 
     def analyze() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            _setup_session(conn)
+            setup_session(conn)
             conn.execute("ANALYZE")
 
     timed("database and extensions", create_database)
-    timed(f"{tables:,} tables with their indexes and rows", lambda: create_tables(dsn, tables))
+    timed(
+        f"{tables:,} tables with their indexes and rows",
+        lambda: create_tables(dsn, tables, table_ddl),
+    )
     timed("ANALYZE", analyze)
     timed(f"{statements:,} distinct statements", lambda: run_statements(dsn, statements, tables))
     database = describe(dsn)
@@ -523,15 +454,7 @@ Reproduce:
 
 def write_section(section: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace the text between our markers, or append the intro and a marked section."""
-    text = path.read_text(encoding="utf-8")
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    if START_MARKER in text and END_MARKER in text:
-        head, _, rest = text.partition(START_MARKER)
-        _, _, tail = rest.partition(END_MARKER)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + INTRO + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_marked_section(section, start=START_MARKER, end=END_MARKER, intro=INTRO, path=path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import ctypes.util
 import gzip
 import http.client
 import json
-import platform
 import random
 import statistics
 import subprocess
@@ -40,13 +39,12 @@ from typing import TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from bench.common import BENCHMARKS_MD, REPO, machine, memory_kib, write_marked_section
 from exporter.render import RenderedFamily, render
 from exporter.selfmetrics import self_metrics
 from exporter.server import LandingPage, MetricsServer
 from exporter.store import CollectorStatus, PartKey, Store
 
-REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START_MARKER = "<!-- serve-bench:start -->"
 END_MARKER = "<!-- serve-bench:end -->"
 COMMAND = ".venv/bin/python -m bench.serve_bench --write"
@@ -283,17 +281,6 @@ def workload(series: int) -> Iterator[tuple[PartKey, list[Metric]]]:
 # -- measuring -------------------------------------------------------------------------------
 
 
-def memory_kib() -> dict[str, int]:
-    """VmRSS and VmHWM of this process, in KiB (Linux)."""
-    found: dict[str, int] = {}
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                found[key] = int(value.split()[0])
-    return found
-
-
 def trimmed_rss_kib() -> int | None:
     """VmRSS after glibc's malloc_trim(0): live memory, without what the allocator keeps free.
 
@@ -471,31 +458,13 @@ def measure(series: int, requests: int, rounds: int) -> Result:
 
 def run_child(series: int, requests: int, rounds: int) -> Result:
     """Measure one size in a fresh interpreter, so its memory figures are its own."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child"]
+    command = [sys.executable, "-m", "bench.serve_bench", "--child"]
     command += [str(series), str(requests), str(rounds)]
     done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
     return Result(**json.loads(done.stdout))
 
 
 # -- reporting -------------------------------------------------------------------------------
-
-
-def machine() -> list[str]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        pass
-    cpus = subprocess.run(["nproc"], check=True, capture_output=True, text=True).stdout.strip()
-    return [
-        f"- CPU: {model}, {cpus} CPUs (`nproc`)",
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.release()}",
-    ]
 
 
 def _mib(kib: int) -> str:
@@ -600,15 +569,9 @@ Reproduce (machine facts are in the section):
 
 
 def write_section(section: str, path: Path = BENCHMARKS_MD) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else INTRO
-    block = f"{START_MARKER}\n{section}{END_MARKER}"
-    if START_MARKER in text and END_MARKER in text:
-        head, _, rest = text.partition(START_MARKER)
-        _, _, tail = rest.partition(END_MARKER)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    if not path.exists():
+        path.write_text(INTRO, encoding="utf-8")
+    write_marked_section(section, start=START_MARKER, end=END_MARKER, path=path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
