@@ -8,12 +8,15 @@ from exporter.selfmetrics import self_metrics
 from exporter.server import LandingPage, MetricsServer
 from exporter.store import Store
 from exporter.targets import TargetRegistry
+from exporter.webconfig import OPEN, WebSecurity
 
 
 class Exporter:
     """The running daemon: background collection and the HTTP server."""
 
-    def __init__(self, config: Config, *, listen_address: str | None = None) -> None:
+    def __init__(
+        self, config: Config, *, listen_address: str | None = None, web: WebSecurity = OPEN
+    ) -> None:
         self.config = config
         self.store = Store(self_metrics=self_metrics)
         self.registry = TargetRegistry(self.store)
@@ -29,7 +32,9 @@ class Exporter:
             max_workers=workers,
         )
         landing = LandingPage(target_dsns={t.name: t.safe_dsn() for t in config.targets})
-        self.server = MetricsServer(self.store, landing, listen_address or config.listen_address)
+        self.server = MetricsServer(
+            self.store, landing, listen_address or config.listen_address, web=web
+        )
 
     def start(self) -> None:
         for target in self.config.targets:

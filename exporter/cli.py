@@ -27,6 +27,7 @@ from exporter.demo import run_demo
 from exporter.logs import setup
 from exporter.signals import wait_for_signal
 from exporter.units import parse_listen_address
+from exporter.webconfig import OPEN, load_web_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -50,6 +51,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
             dest="listen_address",
             help=f"address to serve /metrics on (default: {DEFAULT_LISTEN_ADDRESS}, "
             "or listen_address from the config)",
+        )
+    if command in ("run", "check-config"):
+        parser.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            type=Path,
+            help="TLS and basic auth, in the Prometheus exporter-toolkit web config format",
         )
     if command == "demo":
         parser.add_argument(
@@ -120,16 +128,19 @@ def _run(args: argparse.Namespace) -> int:
             parse_listen_address(args.listen_address)
         except ValueError as exc:
             raise ConfigError([f"--web.listen-address: {exc}"]) from None
+    web = load_web_config(args.web_config_file) if args.web_config_file else OPEN
     setup(args.log_level, args.log_format, _secrets(config))
     # Rendering in a job holds the GIL; a shorter switch interval lets a scrape that arrives
     # meanwhile be served in a millisecond or two instead of waiting up to 5 ms per switch.
     sys.setswitchinterval(0.001)
-    exporter = Exporter(config, listen_address=args.listen_address)
+    exporter = Exporter(config, listen_address=args.listen_address, web=web)
     exporter.start()
     log.info(
         "serving metrics",
         extra={
             "address": args.listen_address or config.listen_address,
+            "tls": web.tls is not None,
+            "basic_auth": web.auth is not None,
             "targets": ",".join(t.name for t in config.targets),
         },
     )
@@ -141,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.web_config_file:
+        load_web_config(args.web_config_file)
     enabled = [c.name for c in config.catalogue if c.spec.enabled]
     print(f"config OK: {len(config.targets)} target(s), collectors: {', '.join(enabled)}")
     return EXIT_OK

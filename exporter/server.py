@@ -8,11 +8,13 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from exporter import __version__
 from exporter.store import Store
+from exporter.tls import secure
 from exporter.units import parse_listen_address
+from exporter.webconfig import OPEN, WebSecurity
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow client never blocks shutdown
     allow_reuse_address = True
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # On the connection's own thread, so a slow TLS handshake delays no other client.
+        handler: type[_Handler] = self.RequestHandlerClass  # type: ignore[assignment]
+        conn = secure(request, handler.web)
+        if conn is None:
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            if conn is not request:  # the TLS socket owns the descriptor now
+                self.shutdown_request(conn)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
@@ -31,9 +45,20 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     store: ClassVar[Store]
     landing: ClassVar["LandingPage"]
+    web: ClassVar[WebSecurity]  # replaced whole on reload; each request reads it once
     server_version = f"pg-health-exporter/{__version__}"
 
     def do_GET(self) -> None:
+        auth = self.web.auth
+        # Every path, /healthz included, as exporter-toolkit does.
+        if auth is not None and not auth.allows(self.headers.get("Authorization")):
+            self._send(
+                401,
+                b"Unauthorized\n",
+                "text/plain; charset=utf-8",
+                extra={"WWW-Authenticate": 'Basic realm="pg-health-exporter"'},
+            )
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._metrics()
@@ -52,12 +77,21 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, snapshot.body, CONTENT_TYPE)
 
-    def _send(self, code: int, body: bytes, content_type: str, encoding: str | None = None) -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        encoding: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         if encoding:
             self.send_header("Content-Encoding", encoding)
+        for name, value in (*self.web.headers, *(extra or {}).items()):
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -101,11 +135,20 @@ class LandingPage:
 class MetricsServer:
     """The HTTP server, run on its own thread."""
 
-    def __init__(self, store: Store, landing: LandingPage, listen_address: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        landing: LandingPage,
+        listen_address: str,
+        *,
+        web: WebSecurity = OPEN,
+    ) -> None:
         host, port = parse_listen_address(listen_address)
-        handler = type("Handler", (_Handler,), {"store": store, "landing": landing})
+        self._handler: type[_Handler] = type(
+            "Handler", (_Handler,), {"store": store, "landing": landing, "web": web}
+        )
         server_class = _Server6 if ":" in host else _Server
-        self._httpd = server_class((host or "0.0.0.0", port), handler)
+        self._httpd = server_class((host or "0.0.0.0", port), self._handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
 
     @property
@@ -114,6 +157,13 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
+
+    def set_web(self, web: WebSecurity) -> None:
+        """Apply a new web config: to connections and requests from now on."""
+        self._handler.web = web
+
+    def set_landing(self, landing: LandingPage) -> None:
+        self._handler.landing = landing
 
     def shutdown(self) -> None:
         self._httpd.shutdown()
