@@ -25,9 +25,10 @@ from exporter.config import (
 )
 from exporter.demo import run_demo
 from exporter.logs import setup
+from exporter.reload import reload
 from exporter.signals import wait_for_signal
 from exporter.units import parse_listen_address
-from exporter.webconfig import OPEN, load_web_config
+from exporter.webconfig import OPEN, WebSecurity, load_web_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -116,6 +117,10 @@ def _with_enabled(spec: CollectorSpec, enabled: bool) -> CollectorSpec:
     return spec.model_copy(update={"enabled": enabled})
 
 
+def _web(args: argparse.Namespace) -> WebSecurity:
+    return load_web_config(args.web_config_file) if args.web_config_file else OPEN
+
+
 def _secrets(config: Config) -> list[str]:
     return [secret for target in config.targets for secret in target.secrets()]
 
@@ -128,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
             parse_listen_address(args.listen_address)
         except ValueError as exc:
             raise ConfigError([f"--web.listen-address: {exc}"]) from None
-    web = load_web_config(args.web_config_file) if args.web_config_file else OPEN
+    web = _web(args)
     setup(args.log_level, args.log_format, _secrets(config))
     # Rendering in a job holds the GIL; a shorter switch interval lets a scrape that arrives
     # meanwhile be served in a millisecond or two instead of waiting up to 5 ms per switch.
@@ -144,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
             "targets": ",".join(t.name for t in config.targets),
         },
     )
-    wait_for_signal()
+    wait_for_signal(on_hangup=lambda: reload(exporter, lambda: (_load(args), _web(args))))
     log.info("shutting down")
     exporter.stop()
     return EXIT_OK

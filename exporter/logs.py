@@ -62,6 +62,20 @@ class RedactingFilter(logging.Filter):
             text = text.replace(secret, "****")
         return text
 
+    def add(self, secrets: list[str]) -> None:
+        # Old secrets stay masked too: a message about the previous config may still come.
+        # Longest first, so a password containing a shorter one is masked whole.
+        known = set(self._secrets) | {s for s in secrets if s}
+        self._secrets = sorted(known, key=len, reverse=True)
+
+
+def add_secrets(secrets: list[str]) -> None:
+    """Mask these too from now on (a reloaded config's passwords)."""
+    for handler in logging.getLogger().handlers:
+        for found in handler.filters:
+            if isinstance(found, RedactingFilter):
+                found.add(secrets)
+
 
 def setup(level: str, fmt: str, secrets: list[str] | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)

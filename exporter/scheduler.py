@@ -78,25 +78,67 @@ class Scheduler:
             misfire_grace_time=max(1, int(self._up_interval)),
         )
         for collector in self._collectors:
-            if collector.spec.target_type != target.config.type:
-                continue
-            interval = collector.spec.interval
-            self._scheduler.add_job(
-                run_collector,
-                "interval",
-                args=[target, collector, self._store],
-                kwargs={"max_age": interval * self._max_age_intervals},
-                seconds=interval,
-                jitter=_jitter(interval),
-                next_run_time=now,
-                id=f"{target.name}/{collector.name}",
-                misfire_grace_time=max(1, int(interval)),
-            )
+            self._add_collector_job(target, collector, now)
+
+    def _add_collector_job(self, target: Target, collector: Collector, now: dt.datetime) -> None:
+        if collector.spec.target_type != target.config.type:
+            return
+        interval = collector.spec.interval
+        self._scheduler.add_job(
+            run_collector,
+            "interval",
+            args=[target, collector, self._store],
+            kwargs={"max_age": interval * self._max_age_intervals},
+            seconds=interval,
+            jitter=_jitter(interval),
+            next_run_time=now,
+            id=f"{target.name}/{collector.name}",
+            misfire_grace_time=max(1, int(interval)),
+        )
 
     def remove_target(self, name: str) -> None:
         for job in self._scheduler.get_jobs():
             if job.id.startswith(f"{name}/"):
                 job.remove()
+
+    def set_collectors(
+        self, collectors: Iterable[Collector], *, up_interval: float, max_age_intervals: float
+    ) -> set[str]:
+        """Apply a reloaded catalogue to the targets scheduled now.
+
+        A job whose collector did not change keeps its schedule (a reload does not make every
+        slow collector run again); a changed collector's job is replaced and runs now; a
+        removed or disabled one's job goes. Returns the names of collectors no longer run,
+        whose data the caller drops.
+        """
+        old = {c.name: c for c in self._collectors}
+        new = {c.name: c for c in collectors if c.spec.enabled}
+        ages_changed = max_age_intervals != self._max_age_intervals
+        self._collectors = list(new.values())
+        self._max_age_intervals = max_age_intervals
+        now = dt.datetime.now(dt.UTC)
+        for target in self._registry:
+            if up_interval != self._up_interval:
+                self._scheduler.reschedule_job(
+                    f"{target.name}/up",
+                    trigger="interval",
+                    seconds=up_interval,
+                    jitter=_jitter(up_interval),
+                )
+            for name, collector in new.items():
+                if old.get(name) == collector and not ages_changed:
+                    continue
+                if name in old:
+                    self._remove_job(f"{target.name}/{name}")
+                self._add_collector_job(target, collector, now)
+            for name in old.keys() - new.keys():
+                self._remove_job(f"{target.name}/{name}")
+        self._up_interval = up_interval
+        return set(old) - set(new)
+
+    def _remove_job(self, job_id: str) -> None:
+        if self._scheduler.get_job(job_id) is not None:  # a pgbouncer target lacks most
+            self._scheduler.remove_job(job_id)
 
     def shutdown(self) -> None:
         """Stop scheduling and wait for running jobs (each is bounded by its statement timeout)."""

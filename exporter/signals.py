@@ -1,20 +1,34 @@
-"""Waiting for the signal to stop, shared by the daemon and the demo."""
+"""Waiting for the signal to stop, shared by the daemon and the demo; SIGHUP to reload."""
 
 import signal
 import threading
+from collections.abc import Callable
 
 
-def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT (Ctrl-C)."""
-    stop = threading.Event()
+def wait_for_signal(on_hangup: Callable[[], object] | None = None) -> None:
+    """Block until SIGTERM or SIGINT (Ctrl-C); with `on_hangup`, call it on each SIGHUP.
+
+    `on_hangup` runs here, on the main thread, never inside the signal handler: a reload
+    takes locks and joins threads, which a handler interrupting arbitrary code must not.
+    """
+    wake = threading.Event()
+    pending: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        stop.set()
+        pending.append(signum)
+        wake.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if on_hangup else [])
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
-        while not stop.wait(timeout=3600):
-            pass
+        while True:
+            wake.wait(timeout=3600)
+            wake.clear()  # before draining: a signal arriving meanwhile wakes the next wait
+            while pending:
+                if pending.pop(0) != signal.SIGHUP:
+                    return
+                if on_hangup is not None:
+                    on_hangup()
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
