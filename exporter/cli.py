@@ -4,6 +4,7 @@ pg-health-exporter [--config FILE] [--web.listen-address HOST:PORT] [--log.level
                    [--log.format logfmt|json] [--[no-]collector.NAME ...]
 pg-health-exporter check-config [--config FILE]
 pg-health-exporter once [--config FILE]
+pg-health-exporter report [--config FILE] [--target NAME] [--format text|markdown|json]
 pg-health-exporter demo [--web.listen-address HOST:PORT] [--data-dir DIR]
 """
 
@@ -26,6 +27,8 @@ from exporter.config import (
 from exporter.demo import run_demo
 from exporter.logs import setup
 from exporter.reload import reload
+from exporter.report import run_report
+from exporter.reportformat import FORMATS, use_colour
 from exporter.signals import wait_for_signal
 from exporter.units import parse_listen_address
 from exporter.webconfig import OPEN, WebSecurity, load_web_config
@@ -64,16 +67,20 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--data-dir", type=Path, help="keep the demo database here (default: a temporary dir)"
         )
+    if command == "report":
+        parser.add_argument("--target", help="report on this target only (default: all)")
+        parser.add_argument("--format", choices=FORMATS, default="text", help="default: text")
     parser.add_argument(
         "--log.level",
         dest="log_level",
-        default="info",
+        # The report is the output; the collection's progress lines would only be noise.
+        default="warning" if command == "report" else "info",
         choices=["debug", "info", "warning", "error"],
     )
     parser.add_argument(
         "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
     )
-    if command in ("run", "once"):
+    if command in ("run", "once", "report"):
         for name in builtin_specs():
             parser.add_argument(
                 f"--collector.{name}",
@@ -92,6 +99,8 @@ _DESCRIPTIONS = {
     "check-config": "Validate the configuration without connecting; exit 2 on any problem.",
     "once": "Run every collector once against every target and print the exposition.",
     "demo": "Start an embedded PostgreSQL and serve the exporter against it.",
+    "report": "Collect once from every target and judge the result against documented "
+    "thresholds; exit 1 when any finding is critical (docs/report.md).",
 }
 
 
@@ -173,6 +182,18 @@ def _once(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    config = _load(args)
+    setup(args.log_level, args.log_format, _secrets(config))
+    return run_report(
+        config,
+        target=args.target,
+        output_format=args.format,
+        stream=sys.stdout,
+        colour=use_colour(sys.stdout),
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
 
     setup(args.log_level, args.log_format)
@@ -184,6 +205,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check-config": _check_config,
     "once": _once,
     "demo": _demo,
+    "report": _report,
 }
 
 

@@ -272,6 +272,14 @@ def plant_problems(
                 conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
         say(f"bloating {planted.bloated_table}: purging 3 of every 4 rows, autovacuum off")
         conn.execute(f"DELETE FROM events WHERE (payload ->> 'n')::int % {EVENTS_KEPT_EVERY} <> 0")
+    # Statement statistics start now, like an application's since its last deploy: the
+    # seeding is not its workload. Only this database's: others may be someone else's.
+    if "pg_stat_statements" in extensions:
+        with psycopg.connect(dsn, autocommit=True, application_name="demo-setup") as conn:
+            conn.execute(
+                "SELECT pg_stat_statements_reset(0, oid, 0) FROM pg_database"
+                " WHERE datname = current_database()"
+            )
     # A session of its own, closed at once, so its statistics are reported promptly.
     say(f"reading {planted.missing_index_table} by sequential scans ({TOKEN_LOOKUPS} lookups)")
     with psycopg.connect(dsn, autocommit=True, application_name="demo-app") as conn:

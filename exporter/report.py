@@ -1,0 +1,169 @@
+"""`pg-health-exporter report`: collect everything once, judge the samples, print the findings.
+
+The collection is the `once` command's (every enabled collector of the catalogue, run once per
+target by scheduler.run_all_once); the report then reads the exposition text back and judges
+it (checks.py), so it says exactly what /metrics would show. The store is kept as well: it
+holds what the exposition cannot say, why a collector failed or a target is down.
+"""
+
+import getpass
+import os
+from collections.abc import Mapping
+from typing import TextIO
+
+from psycopg.conninfo import conninfo_to_dict
+
+from exporter.checks import Context, Thresholds, judge
+from exporter.config import Config, ConfigError, TargetConfig
+from exporter.facts import ServerFacts
+from exporter.findings import Finding, Report, Severity, TargetInfo
+from exporter.reportformat import render
+from exporter.samples import Samples
+from exporter.scheduler import run_all_once
+from exporter.selfmetrics import self_metrics
+from exporter.store import Store, TargetStatus
+from exporter.targets import TargetRegistry
+
+# Collector params that act as the report's thresholds, listed with the report's own.
+_COLLECTOR_THRESHOLDS = {
+    "index_health": (
+        "unused_min_bytes",
+        "missing_index_min_rows",
+        "missing_index_min_seq_scans",
+        "missing_index_seq_ratio",
+    ),
+    "bloat": ("min_bytes", "flag_ratio", "flag_bytes"),
+    "tables": ("dead_tuples_min", "dead_tuples_ratio"),
+}
+
+
+def select_target(config: Config, name: str | None) -> Config:
+    """The config with only the named target (all of them for None)."""
+    if name is None:
+        return config
+    chosen = [t for t in config.targets if t.name == name]
+    if not chosen:
+        known = ", ".join(t.name for t in config.targets)
+        raise ConfigError([f"--target: no target named {name!r} (targets: {known})"])
+    return config.model_copy(update={"targets": tuple(chosen)})
+
+
+def collect(config: Config) -> tuple[Samples, dict[str, TargetStatus], dict[str, ServerFacts]]:
+    """Run every collector once against every target: samples, statuses and server facts."""
+    store = Store(self_metrics=self_metrics)
+    registry = TargetRegistry(store)
+    try:
+        for target in config.targets:
+            registry.add(target)
+        # Nothing may expire before it is read back, however slow the slowest collector was.
+        max_age = max(c.spec.interval for c in config.catalogue) * config.max_age_intervals
+        run_all_once(registry, store, config.catalogue, max_age=max_age)
+        facts = {t.name: t.facts for t in registry if t.facts is not None}
+        return Samples.parse(store.snapshot().body.decode()), store.targets(), facts
+    finally:
+        registry.close()
+
+
+def build_report(
+    config: Config, *, target: str | None = None, thresholds: Thresholds | None = None
+) -> Report:
+    """Collect once from the configured targets (or the one named) and judge what came back."""
+    config = select_target(config, target)
+    thresholds = thresholds or Thresholds()
+    samples, statuses, facts = collect(config)
+    catalogue = {c.name: c for c in config.catalogue}
+    infos: list[TargetInfo] = []
+    findings: list[Finding] = []
+    for target_config in config.targets:
+        name = target_config.name
+        status = statuses.get(name, TargetStatus())
+        mine = samples.where(target=name)
+        databases = sorted(
+            {s["datname"] for s in mine.all("pg_statio_heap_blks_hit_total")}
+            | {s["datname"] for s in mine.all("pg_tables_all_tables")}
+        )
+        infos.append(
+            TargetInfo(
+                name=name,
+                up=status.up,
+                type=target_config.type,
+                server_version=status.server_version or None,
+                databases=tuple(databases),
+                message=status.message,
+            )
+        )
+        if not status.up:
+            findings.append(
+                Finding(
+                    check="target",
+                    severity=Severity.CRITICAL,
+                    target=name,
+                    summary=f"cannot connect: {status.message or 'unknown error'}",
+                    detail="Nothing else could be checked on this target.",
+                )
+            )
+            continue
+        findings.append(
+            Finding(
+                check="target",
+                severity=Severity.OK,
+                target=name,
+                summary=f"{infos[-1].product} {status.server_version} reachable",
+            )
+        )
+        context = Context(
+            target=name,
+            target_type=target_config.type,
+            samples=mine,
+            thresholds=thresholds,
+            catalogue=catalogue,
+            statuses=status.collectors,
+            monitoring_role=_monitoring_role(target_config, facts.get(name)),
+        )
+        findings.extend(judge(context))
+    return Report.of(infos, findings, _thresholds(thresholds, catalogue_params(config)))
+
+
+def catalogue_params(config: Config) -> dict[str, Mapping[str, int | float | str]]:
+    return {c.name: c.spec.params for c in config.catalogue}
+
+
+def _thresholds(
+    thresholds: Thresholds, params: Mapping[str, Mapping[str, int | float | str]]
+) -> dict[str, float]:
+    listed = thresholds.as_dict()
+    for collector, names in _COLLECTOR_THRESHOLDS.items():
+        for name in names:
+            value = params.get(collector, {}).get(name)
+            if isinstance(value, int | float):
+                listed[f"{collector}.{name}"] = float(value)
+    return listed
+
+
+def _monitoring_role(target: TargetConfig, facts: ServerFacts | None) -> str | None:
+    """The exporter's role when it is a monitoring role (pg_monitor, not a superuser).
+
+    Its statements are then the exporter's own collector queries, left out of the slowest
+    statements. A superuser or an application's role may run the application's statements
+    too, so theirs are kept.
+    """
+    if facts is None or facts.superuser or "pg_monitor" not in facts.roles:
+        return None
+    user = conninfo_to_dict(target.dsn.get_secret_value()).get("user")
+    # libpq's defaults when the DSN names no user.
+    return str(user or os.environ.get("PGUSER") or getpass.getuser())
+
+
+def run_report(
+    config: Config,
+    *,
+    target: str | None,
+    output_format: str,
+    stream: TextIO,
+    colour: bool = False,
+) -> int:
+    """Build the report, write it in the format asked for; the exit code (1: critical)."""
+    report = build_report(config, target=target)
+    stream.write(render(report, output_format, colour=colour))
+    stream.flush()
+    return report.exit_code
