@@ -29,6 +29,7 @@ from exporter.logs import setup
 from exporter.reload import reload
 from exporter.report import run_report
 from exporter.reportformat import FORMATS, use_colour
+from exporter.secretfiles import exposed_secret_files
 from exporter.signals import wait_for_signal
 from exporter.units import parse_listen_address
 from exporter.webconfig import OPEN, WebSecurity, load_web_config
@@ -130,6 +131,20 @@ def _web(args: argparse.Namespace) -> WebSecurity:
     return load_web_config(args.web_config_file) if args.web_config_file else OPEN
 
 
+def _reloaded(args: argparse.Namespace) -> tuple[Config, WebSecurity]:
+    config, web = _load(args), _web(args)
+    _warn_exposed(config, args.config)
+    return config, web
+
+
+def _warn_exposed(config: Config, path: Path | None) -> None:
+    for exposed, mode in exposed_secret_files(config, path):
+        log.warning(
+            "file holding a password is readable by group or others",
+            extra={"path": str(exposed), "mode": f"{mode:04o}"},
+        )
+
+
 def _secrets(config: Config) -> list[str]:
     return [secret for target in config.targets for secret in target.secrets()]
 
@@ -144,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError([f"--web.listen-address: {exc}"]) from None
     web = _web(args)
     setup(args.log_level, args.log_format, _secrets(config))
+    _warn_exposed(config, args.config)
     # Rendering in a job holds the GIL; a shorter switch interval lets a scrape that arrives
     # meanwhile be served in a millisecond or two instead of waiting up to 5 ms per switch.
     sys.setswitchinterval(0.001)
@@ -158,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
             "targets": ",".join(t.name for t in config.targets),
         },
     )
-    wait_for_signal(on_hangup=lambda: reload(exporter, lambda: (_load(args), _web(args))))
+    wait_for_signal(on_hangup=lambda: reload(exporter, lambda: _reloaded(args)))
     log.info("shutting down")
     exporter.stop()
     return EXIT_OK

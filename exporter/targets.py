@@ -26,6 +26,7 @@ class Target:
         self.connections = TargetConnections(config)
         self._store = store
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()  # one probe at a time (see current_facts)
         self._facts: ServerFacts | None = None
         self._down_message: str | None = None
         self._selections: dict[tuple[str, str], Selections] = {}
@@ -55,6 +56,10 @@ class Target:
 
     def refresh(self) -> ServerFacts:
         """Connect, read the server's facts, and record the target as up (or down, raising)."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> ServerFacts:
         timeout = self.config.connect_timeout
         try:
             with self.connections.connection(wait_seconds=timeout) as conn:
@@ -81,7 +86,20 @@ class Target:
 
     def current_facts(self) -> ServerFacts:
         """Facts from the last probe, probing now if there has not been a successful one."""
-        return self.facts or self.refresh()
+        facts = self.facts
+        if facts is not None:
+            return facts
+        # At start-up every collector job asks at once. One probes; the others wait for its
+        # outcome instead of all queueing on the pool, where all but one would time out and
+        # report a busy pool (an error each) for a target that is simply down.
+        with self._refreshing:
+            facts = self.facts
+            if facts is not None:
+                return facts
+            message = self.down_message
+            if message is not None:
+                raise ConnectFailed(f"target is down: {message}")
+            return self._refresh()
 
     def mark_up(self, facts: ServerFacts) -> None:
         with self._lock:

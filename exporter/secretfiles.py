@@ -1,0 +1,65 @@
+"""Files holding a password that other users of the machine can read.
+
+The config file counts when a target's password is written in it (in a DSN or as
+`password:`), not when it only names `${ENV}`; a password_file always does.
+"""
+
+import re
+import stat
+from pathlib import Path
+
+import psycopg
+import yaml
+from psycopg.conninfo import conninfo_to_dict
+
+from exporter.config import Config
+
+_OTHERS_MAY_READ = stat.S_IRGRP | stat.S_IROTH
+_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def exposed_secret_files(config: Config, config_path: Path | None) -> list[tuple[Path, int]]:
+    """(path, permission bits) of each file holding a password that group or others may read."""
+    found: list[tuple[Path, int]] = []
+    if config_path is not None and _holds_secret(config_path):
+        found += _if_readable_by_others(config_path)
+    for target in config.targets:
+        if target.password_file is not None:
+            found += _if_readable_by_others(target.password_file)
+    return found
+
+
+def _holds_secret(path: Path) -> bool:
+    """Whether the file as written (before `${ENV}` is filled in) carries a password."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    targets = raw.get("targets") if isinstance(raw, dict) else None
+    for target in targets if isinstance(targets, list) else []:
+        if not isinstance(target, dict):
+            continue
+        if _literal(target.get("password")):
+            return True
+        dsn = target.get("dsn")
+        if isinstance(dsn, str):
+            try:
+                params = conninfo_to_dict(dsn)
+            except psycopg.ProgrammingError:
+                return "password" in dsn  # unparsable as written: assume the worst
+            if any(k.endswith("password") and _literal(v) for k, v in params.items()):
+                return True
+    return False
+
+
+def _literal(value: object) -> bool:
+    """A value that is more than `${ENV}` references."""
+    return isinstance(value, str) and bool(_ENV_REFERENCE.sub("", value).strip())
+
+
+def _if_readable_by_others(path: Path) -> list[tuple[Path, int]]:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return []
+    return [(path, mode)] if mode & _OTHERS_MAY_READ else []
