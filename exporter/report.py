@@ -69,8 +69,20 @@ def build_report(
 ) -> Report:
     """Collect once from the configured targets (or the one named) and judge what came back."""
     config = select_target(config, target)
-    thresholds = thresholds or Thresholds()
     samples, statuses, facts = collect(config)
+    return judge_collected(config, samples, statuses, facts, thresholds=thresholds)
+
+
+def judge_collected(
+    config: Config,
+    samples: Samples,
+    statuses: Mapping[str, TargetStatus],
+    facts: Mapping[str, ServerFacts],
+    *,
+    thresholds: Thresholds | None = None,
+) -> Report:
+    """The report on what was collected from the config's targets (once, or by a daemon)."""
+    thresholds = thresholds or Thresholds()
     catalogue = {c.name: c for c in config.catalogue}
     infos: list[TargetInfo] = []
     findings: list[Finding] = []
