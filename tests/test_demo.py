@@ -1,4 +1,5 @@
-"""`pg-health-exporter demo` (what `make demo` runs), driven as a user would."""
+"""`pg-health-exporter demo` (what `make demo` runs), driven as a user would: every planted
+problem is visible in /metrics and in the short report, and Ctrl-C removes everything."""
 
 import re
 import signal
@@ -8,7 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import scrape, value, wait_for
+from conftest import Samples, scrape, value, wait_for
+from exporter.demo import DATABASE, IDLE_CONNECTIONS, TARGET
+from exporter.workload import Planted
 
 
 def _free_port() -> int:
@@ -17,7 +20,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_demo_serves_metrics_and_cleans_up() -> None:
+def _flagged(samples: Samples, metric: str, **labels: str) -> bool:
+    return value(samples, metric, target=TARGET, datname=DATABASE, **labels) is not None
+
+
+def _sum(samples: Samples, metric: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(v for (name, ls), v in samples.items() if name == metric and wanted <= ls)
+
+
+def test_demo_plants_every_problem_and_cleans_up() -> None:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "demo", "--web.listen-address", f"127.0.0.1:{port}"],
@@ -31,18 +43,59 @@ def test_demo_serves_metrics_and_cleans_up() -> None:
     )
     reader.start()
     try:
-
-        def pg_up() -> bool:
-            try:
-                return value(scrape(port, timeout=2), "pg_up", target="demo") == 1
-            except OSError:
-                return False
-
-        wait_for(pg_up, timeout=60, what="demo serving pg_up 1")
+        # The demo prints its report once every collector has run: all is served by then.
         wait_for(
-            lambda: value(scrape(port), "pg_database_xact_commit_total", datname="postgres"),
-            what="database statistics served",
+            lambda: any("press Ctrl-C" in line for line in lines) or process.poll() is not None,
+            timeout=60,
+            what="the demo to be ready",
         )
+        assert process.poll() is None, "".join(lines)
+        samples = scrape(port)
+        p = Planted()
+        assert value(samples, "pg_up", target=TARGET) == 1
+        states = {
+            dict(labels)["collector"]: v
+            for (name, labels), v in samples.items()
+            if name == "pg_exporter_collector_up"
+        }
+        assert set(states.values()) == {1.0}, states  # every collector works as pg_monitor
+        for metric, labels in (
+            ("pg_index_health_unused_index_size_bytes", {"indexrelname": p.unused_index}),
+            ("pg_index_health_duplicate_index_size_bytes", {"indexrelname": p.duplicate_index}),
+            ("pg_index_health_invalid_index_size_bytes", {"indexrelname": p.invalid_index}),
+            (
+                "pg_index_health_missing_index_seq_tup_read_total",
+                {"relname": p.missing_index_table},
+            ),
+            ("pg_index_health_unindexed_foreign_key", {"conname": p.unindexed_fk}),
+        ):
+            assert _flagged(samples, metric, **labels), (metric, labels)
+        bloat = value(
+            samples,
+            "pg_bloat_table_ratio",
+            datname=DATABASE,
+            relname=p.bloated_table,
+            method="pgstattuple",
+        )
+        assert bloat is not None and bloat > 0.5
+        slow = [
+            v
+            for (name, labels), v in samples.items()
+            if name == "pg_statements_mean_exec_time_seconds" and ("datname", DATABASE) in labels
+        ]
+        assert max(slow) >= 0.5
+        texts = [
+            dict(labels)["query"]
+            for (name, labels), _ in samples.items()
+            if name == "pg_statement_text_info"
+        ]
+        assert any("pg_sleep" in text for text in texts)
+        assert _sum(samples, "pg_connections_backends", state="idle in transaction") == 1
+        assert _sum(samples, "pg_connections_backends", state="idle") >= IDLE_CONNECTIONS
+        idle_age = value(
+            samples, "pg_connections_max_idle_in_transaction_age_seconds", datname=DATABASE
+        )
+        assert idle_age is not None and idle_age > 0
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
@@ -51,7 +104,16 @@ def test_demo_serves_metrics_and_cleans_up() -> None:
         reader.join(timeout=10)
     output = "".join(lines)
     assert f"http://127.0.0.1:{port}/metrics" in output
+    # The short report names the planted objects with their fixes.
+    assert "PostgreSQL health report" in output
+    assert f"DROP INDEX CONCURRENTLY public.{p.unused_index};" in output
+    assert (
+        f"CREATE INDEX CONCURRENTLY ON public.{p.unindexed_fk_table} (organization_id);" in output
+    )
     assert "stopped and cleaned up" in output
     found = re.search(r"data directory: (\S+)", output)
     assert found, output
     assert not Path(found.group(1)).exists()
+    config = re.search(r"report --config (\S+)", output)
+    assert config, output
+    assert not Path(config.group(1)).parent.exists()
