@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ import jsonschema
 import psycopg
 import pytest
 import yaml
+from pgbouncer import ADMIN_USER, LocalPgBouncer, pgbouncer_binary
 
-from conftest import REPO, fresh_database
+from conftest import REPO, fresh_database, wait_for
 from exporter.checks import Thresholds
 from exporter.cli import main
 from exporter.config import parse_config
 from exporter.embedded import LocalPostgres
-from exporter.findings import CHECKS
+from exporter.findings import CHECKS, Finding
 from exporter.report import build_report
 from exporter.reportformat import render_text, use_colour
 from exporter.workload import Planted, Workload, plant_problems
@@ -340,3 +342,63 @@ def test_documented_checks_and_thresholds() -> None:
         assert f"`{field.name}`" in doc, field.name
     for check in CHECKS:
         assert f"`{check}`" in doc, check
+
+
+def test_pgbouncer_client_waiting_for_a_server(postgres: LocalPostgres, database: str) -> None:
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("pgbouncer is missing: .ci/run installs Debian's pgbouncer package")
+        pytest.skip("pgbouncer not installed (apt-get install pgbouncer)")
+    with LocalPgBouncer(postgres, {"app": f"dbname={database} pool_size=1"}) as bouncer:
+        config = parse_config(
+            {"targets": [{"name": "bouncer", "type": "pgbouncer", "dsn": bouncer.dsn()}]}
+        )
+        healthy = build_report(config)
+        assert healthy.exit_code == 0
+        assert [f.severity.value for f in healthy.findings if f.check == "pool"] == ["ok"]
+        assert "PgBouncer" in next(f.summary for f in healthy.findings if f.check == "target")
+
+        app = bouncer.dsn("app", user=ADMIN_USER)
+        with psycopg.connect(app, autocommit=True) as holder:
+            holder.execute("SELECT 1")  # session pooling: holds the pool's only server
+
+            def wait_for_a_server() -> None:
+                with psycopg.connect(app, autocommit=True) as conn:
+                    conn.execute("SELECT 1")  # queued until the holder lets go
+
+            waiter = threading.Thread(target=wait_for_a_server, daemon=True)
+            waiter.start()
+            try:
+
+                def waiting() -> list[Finding]:
+                    found = build_report(config).findings
+                    return [f for f in found if f.check == "pool" and f.severity.value != "ok"]
+
+                [finding] = wait_for(waiting, timeout=20, what="a client waiting in app")
+            finally:
+                holder.close()  # the waiter gets the server connection and finishes
+                waiter.join(timeout=30)
+        assert (finding.severity.value, finding.database) == ("warning", "app")
+        assert finding.values["client_waiting"] == 1
+
+
+def test_data_source_name_without_config(
+    postgres: LocalPostgres,
+    database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Like the other commands: DATA_SOURCE_NAME alone is one target named `default`."""
+    monkeypatch.setenv("DATA_SOURCE_NAME", postgres.dsn(database))
+    # Only the quick collectors: the point is where the target comes from.
+    switches = ["--no-collector.bloat", "--no-collector.index_health", "--no-collector.sequences"]
+    code = main(["report", "--format", "json", *switches])
+    document = json.loads(capsys.readouterr().out)
+    jsonschema.validate(document, SCHEMA)
+    assert code == 0
+    assert [t["name"] for t in document["targets"]] == ["default"]
+    skipped = {f["object"] for f in document["findings"] if f["check"] == "collectors"}
+    assert {"bloat", "index_health", "sequences"} <= skipped  # said, not silently missing
+    monkeypatch.delenv("DATA_SOURCE_NAME")
+    assert main(["report"]) == 2
+    assert "DATA_SOURCE_NAME" in capsys.readouterr().err
