@@ -33,6 +33,7 @@ from exporter.catalogue import (
     check_metric_names,
     family_names,
 )
+from exporter.sqlcheck import sql_problems
 from exporter.units import Duration, parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = ":9188"
@@ -98,10 +99,14 @@ class TargetConfig(BaseModel):
     @classmethod
     def _parses(cls, dsn: SecretStr) -> SecretStr:
         try:
-            conninfo_to_dict(dsn.get_secret_value())
+            params = conninfo_to_dict(dsn.get_secret_value())
         except psycopg.ProgrammingError:
             # libpq's own message may quote the DSN, password included: say it in our words.
             raise ValueError("not a valid libpq connection string or postgresql:// URI") from None
+        # libpq parses a port only when connecting; say so now, not as a down target later.
+        for port in str(params.get("port") or "").split(","):
+            if port and not port.strip().isdigit():
+                raise ValueError(f"port {port!r} is not a number")
         return dsn
 
     def conninfo(self, dbname: str | None = None) -> str:
@@ -248,6 +253,7 @@ def _resolve_collectors(raw: dict[str, Any]) -> tuple[list[Collector], list[str]
         collectors.append(Collector(name=name, spec=spec, builtin=False))
     for collector in collectors:
         problems.extend(f"collectors.{collector.name}.{p}" for p in check_metric_names(collector))
+        problems.extend(f"collectors.{collector.name}.{p}" for p in sql_problems(collector))
     problems.extend(_name_clashes(collectors))
     return collectors, problems
 

@@ -6,18 +6,27 @@ snapshot. The total number of connections to a target never exceeds its `max_con
 the pool gets all but one of them, visits to other databases share the last one.
 """
 
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from exporter.config import TargetConfig
+from exporter.watchdog import Watchdog
 
 APPLICATION_NAME = "pg-health-exporter"
+# Beyond a statement's own timeout, how long a reply may take before the session is cut.
+REPLY_GRACE_SECONDS = 2.0
+
+_WATCHDOG = Watchdog("session-watchdog")
+_Result = TypeVar("_Result")
 
 
 class ConnectFailed(Exception):
@@ -74,6 +83,44 @@ def _dead_peer_detection(target: TargetConfig) -> dict[str, Any]:
     }
 
 
+class BoundedConnection(psycopg.Connection[Any]):
+    """A session whose every wait for the server ends within `reply_limit` seconds.
+
+    The server enforces statement_timeout, but cannot when it (or a proxy in between) stops
+    answering while TCP stays up; TCP keepalives and tcp_user_timeout do not fire either,
+    since the peer still acknowledges. Each round trip (a statement, COMMIT, the pool's check)
+    is timed; one that overruns has its socket shut down, which ends libpq's wait with an
+    error, and the session is then discarded.
+    """
+
+    reply_limit: float = 30.0  # seconds; set per use by TargetConnections.connection()
+    _severed: bool = False
+
+    def wait(self, gen: PQGen[_Result], *args: Any, **kwargs: Any) -> _Result:
+        limit = self.reply_limit
+        token = _WATCHDOG.arm(limit, self._sever)
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except psycopg.OperationalError:
+            if self._severed:
+                raise psycopg.OperationalError(
+                    f"the server did not answer within {limit:g}s: session closed"
+                ) from None
+            raise
+        finally:
+            _WATCHDOG.disarm(token)
+
+    def _sever(self) -> None:
+        self._severed = True
+        try:
+            # A duplicate of libpq's descriptor: shutting it down ends the connection for
+            # both, and closing the duplicate leaves libpq's own descriptor for libpq to close.
+            with socket.socket(fileno=os.dup(self.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):
+            pass  # already closed
+
+
 class TargetConnections:
     def __init__(self, target: TargetConfig) -> None:
         self._target = target
@@ -95,7 +142,16 @@ class TargetConnections:
             reconnect_timeout=max(10.0, 2 * target.connect_timeout),
             timeout=target.connect_timeout,
             num_workers=1,
+            connection_class=BoundedConnection,
+            configure=self._between_uses,
+            reset=self._between_uses,
         )
+        # The pool's own round trips (the check at checkout, the rollback on return) get the
+        # probe's budget: they are trivial statements.
+        self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
+
+    def _between_uses(self, conn: BoundedConnection) -> None:
+        conn.reply_limit = self._idle_limit
 
     def open(self) -> None:
         """Start connecting in the background; never blocks start-up."""
@@ -113,9 +169,12 @@ class TargetConnections:
         `wait_seconds` bounds the wait for a free connection: a job may queue behind another
         job's query, but not forever.
         """
+        # A statement gets its own timeout (at most wait_seconds) to answer, and the grace.
+        reply_limit = wait_seconds + self._target.connect_timeout + REPLY_GRACE_SECONDS
         if database is None:
             try:
                 with self._pool.connection(timeout=wait_seconds) as conn:
+                    conn.reply_limit = reply_limit
                     yield conn
             except PoolTimeout:
                 raise self._explain_failure(wait_seconds) from None
@@ -124,9 +183,10 @@ class TargetConnections:
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
         try:
             try:
-                conn = psycopg.connect(self._target.conninfo(database), **self._kwargs)
+                conn = BoundedConnection.connect(self._target.conninfo(database), **self._kwargs)
             except psycopg.OperationalError as exc:
                 raise ConnectFailed(first_line(exc)) from None
+            conn.reply_limit = reply_limit
             with conn:
                 yield conn
         finally:
@@ -146,7 +206,8 @@ class TargetConnections:
         if not self._visits.acquire(blocking=False):
             return busy
         try:
-            with psycopg.connect(self._target.conninfo(), **self._kwargs):
+            with BoundedConnection.connect(self._target.conninfo(), **self._kwargs) as conn:
+                conn.reply_limit = self._idle_limit
                 return busy
         except psycopg.Error as exc:
             return ConnectFailed(first_line(exc))

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO
 from exporter.cli import main
@@ -33,39 +34,75 @@ def test_durations_and_defaults() -> None:
     assert config.listen_address == ":9188"
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ({"targets": [TARGET], "colectors": {}}, "colectors: Extra inputs are not permitted"),
-        ({"targets": [{**TARGET, "max_conections": 3}]}, "targets.0.max_conections: Extra"),
-        ({"targets": [{**TARGET, "max_connections": 1}]}, "targets.0.max_connections: Input"),
-        (
-            {"targets": [{**TARGET, "connect_timeout": "soon"}]},
-            "targets.0.connect_timeout: expected a duration",
-        ),
-        ({"targets": []}, "targets: give at least one target"),
-        ({}, "targets: Field required"),
-        ({"targets": [TARGET, TARGET]}, "targets: duplicate target name(s): main"),
-        ({"targets": [{"name": "x"}]}, "targets.0.dsn: Field required"),
-        (
-            {"targets": [TARGET], "listen_address": "9188"},
-            "listen_address: '9188' is not HOST:PORT",
-        ),
-        (
-            {"targets": [{**TARGET, "databases": {"include": ["("]}}]},
-            "targets.0.databases.include: ",
-        ),
-        (
-            {"targets": [TARGET], "collectors": {"database": {"intervall": "5s"}}},
-            "collectors.database.intervall: Extra",
-        ),
-        (
-            {"targets": [TARGET], "collectors": {"database": {"interval": "1s"}}},
-            "collectors.database: timeout must not be longer",
-        ),
-        ([1, 2], "(top level): expected a mapping"),
-    ],
-)
+# Every kind of mistake, each with the key its message must name. The command line is run on
+# each too (test_cli_exits_2_naming_the_key).
+BAD_CONFIGS = [
+    ({"targets": [TARGET], "colectors": {}}, "colectors: Extra inputs are not permitted"),
+    ({"targets": [{**TARGET, "max_conections": 3}]}, "targets.0.max_conections: Extra"),
+    ({"targets": [{**TARGET, "max_connections": 1}]}, "targets.0.max_connections: Input"),
+    (
+        {"targets": [{**TARGET, "connect_timeout": "soon"}]},
+        "targets.0.connect_timeout: expected a duration",
+    ),
+    ({"targets": []}, "targets: give at least one target"),
+    ({}, "targets: Field required"),
+    ({"targets": [TARGET, TARGET]}, "targets: duplicate target name(s): main"),
+    ({"targets": [{"name": "x"}]}, "targets.0.dsn: Field required"),
+    (
+        {"targets": [TARGET], "listen_address": "9188"},
+        "listen_address: '9188' is not HOST:PORT",
+    ),
+    (
+        {"targets": [{**TARGET, "databases": {"include": ["("]}}]},
+        "targets.0.databases.include: ",
+    ),
+    (
+        {"targets": [TARGET], "collectors": {"database": {"intervall": "5s"}}},
+        "collectors.database.intervall: Extra",
+    ),
+    (
+        {"targets": [TARGET], "collectors": {"database": {"interval": "1s"}}},
+        "collectors.database: timeout must not be longer",
+    ),
+    ([1, 2], "(top level): expected a mapping"),
+    # wrong types
+    (
+        {"targets": [{**TARGET, "max_connections": "two"}]},
+        "targets.0.max_connections: Input should be a valid integer",
+    ),
+    ({"targets": "main"}, "targets: Input should be a valid tuple"),
+    ({"targets": [TARGET], "up_interval": [1]}, "up_interval: expected a duration"),
+    (
+        {"targets": [{**TARGET, "type": "mysql"}]},
+        "targets.0.type: Input should be 'postgres' or 'pgbouncer'",
+    ),
+    ({"targets": [{**TARGET, "dsn": 5}]}, "targets.0.dsn: Input should be a valid string"),
+    ({"targets": [TARGET], "collectors": "all"}, "collectors: Input should be a valid dictionary"),
+    (
+        {"targets": [TARGET], "collectors": {"database": {"enabled": "maybe"}}},
+        "collectors.database.enabled: Input should be a valid boolean",
+    ),
+    (
+        {"targets": [TARGET], "max_age_intervals": 0.5},
+        "max_age_intervals: Input should be greater than or equal to 1",
+    ),
+    # DSNs libpq would only reject when connecting
+    (
+        {"targets": [{**TARGET, "dsn": "postgresql://db:notaport/app"}]},
+        "targets.0.dsn: port 'notaport' is not a number",
+    ),
+    (
+        {"targets": [{**TARGET, "dsn": "host=db port=5432,x5433"}]},
+        "targets.0.dsn: port 'x5433' is not a number",
+    ),
+    (
+        {"targets": [{**TARGET, "dsn": "host=db port"}]},
+        "targets.0.dsn: not a valid libpq connection string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), BAD_CONFIGS)
 def test_each_problem_names_its_key(raw: object, expected: str) -> None:
     assert any(expected in p for p in problems_of(raw)), problems_of(raw)
 
@@ -131,68 +168,80 @@ def test_custom_collector() -> None:
     assert collector.prefix == "pg_migrations"
 
 
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({"queries": [{"metrics": {"x": "gauge"}}]}, "give either `sql` or `branches`"),
-        ({"queries": [{"sql": "SELECT 1", "metrics": {"x": "label"}}]}, "at least one column"),
-        (
-            {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauges"}}]},
-            "metrics.x.usage: Input should be",
-        ),
-        (
-            {
-                "queries": [
-                    {"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "name": "x_total"}}}
-                ]
-            },
-            "`_total` is reserved",
-        ),
-        (
-            {
-                "queries": [
-                    {"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "unit": "bytes"}}}
-                ]
-            },
-            "should carry its unit",
-        ),
-        (
-            {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "target": "label"}}]},
-            "label name 'target' is reserved",
-        ),
-        (
-            {"scope": "server", "databases": ["app"]},
-            "databases: only for collectors with scope: database",
-        ),
-        (
-            {
-                "queries": [
-                    {
-                        "branches": [
-                            {"sql": "SELECT 1", "min_version": 130000, "max_version": 150000},
-                            {"sql": "SELECT 2", "min_version": 140000},
-                        ],
-                        "metrics": {"x": "gauge"},
-                    }
-                ]
-            },
-            "version ranges overlap",
-        ),
-        (
-            {
-                "queries": [
-                    {
-                        "sql": "SELECT 1",
-                        "min_version": 150000,
-                        "max_version": 140000,
-                        "metrics": {"x": "gauge"},
-                    }
-                ]
-            },
-            "min_version must be lower than max_version",
-        ),
-    ],
-)
+BAD_COLLECTORS = [
+    ({"queries": [{"metrics": {"x": "gauge"}}]}, "give either `sql` or `branches`"),
+    ({"queries": [{"sql": " ", "metrics": {"x": "gauge"}}]}, "queries.main.sql: empty"),
+    (
+        {"queries": [{"sql": "SELECT %(limit)s AS x", "metrics": {"x": "gauge"}}]},
+        "queries.main.sql: uses %(limit)s, which is not in params",
+    ),
+    (
+        {
+            "params": {"n": 1},
+            "queries": [
+                {"sql": "SELECT %(n)s AS x WHERE 'a' LIKE 'a%'", "metrics": {"x": "gauge"}}
+            ],
+        },
+        "queries.main.sql: with params, write a literal % as %%",
+    ),
+    ({"queries": []}, "collectors.migrations.queries: Tuple should have at least 1 item"),
+    ({"scope": "cluster"}, "collectors.migrations.scope: Input should be 'server' or 'database'"),
+    (
+        {"queries": [{"sql": "SELECT 1 AS x", "metrics": {"x": "gauge"}}] * 2},
+        "two queries are named 'main'",
+    ),
+    ({"queries": [{"sql": "SELECT 1", "metrics": {"x": "label"}}]}, "at least one column"),
+    (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauges"}}]},
+        "metrics.x.usage: Input should be",
+    ),
+    (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "name": "x_total"}}}]},
+        "`_total` is reserved",
+    ),
+    (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": {"usage": "gauge", "unit": "bytes"}}}]},
+        "should carry its unit",
+    ),
+    (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "target": "label"}}]},
+        "label name 'target' is reserved",
+    ),
+    (
+        {"scope": "server", "databases": ["app"]},
+        "databases: only for collectors with scope: database",
+    ),
+    (
+        {
+            "queries": [
+                {
+                    "branches": [
+                        {"sql": "SELECT 1", "min_version": 130000, "max_version": 150000},
+                        {"sql": "SELECT 2", "min_version": 140000},
+                    ],
+                    "metrics": {"x": "gauge"},
+                }
+            ]
+        },
+        "version ranges overlap",
+    ),
+    (
+        {
+            "queries": [
+                {
+                    "sql": "SELECT 1",
+                    "min_version": 150000,
+                    "max_version": 140000,
+                    "metrics": {"x": "gauge"},
+                }
+            ]
+        },
+        "min_version must be lower than max_version",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), BAD_COLLECTORS)
 def test_bad_custom_collector(change: dict[str, object], expected: str) -> None:
     found = problems_of({"targets": [TARGET], "collectors": {"migrations": {**CUSTOM, **change}}})
     assert any(p.startswith("collectors.migrations") and expected in p for p in found), found
@@ -280,3 +329,22 @@ def test_dsn_options_are_kept() -> None:
     options = session_options(target)["options"]
     assert options.startswith("-c search_path=app ")
     assert "-c default_transaction_read_only=on" in options
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        *BAD_CONFIGS,
+        *(
+            ({"targets": [TARGET], "collectors": {"migrations": {**CUSTOM, **change}}}, expected)
+            for change, expected in BAD_COLLECTORS
+        ),
+    ],
+)
+def test_cli_exits_2_naming_the_key(
+    raw: object, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert expected in capsys.readouterr().err
