@@ -458,7 +458,9 @@ def _variables() -> list[Json]:
             "multi": True,
             "name": name,
             "options": [],
-            "query": {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor"},
+            # The classic string form: Grafana's query editor object form with qryType 1
+            # would need the metric and label in separate fields and ignore this string.
+            "query": query,
             "refresh": 2,  # on time range change: new targets and databases appear
             "regex": "",
             "skipUrlSync": False,
@@ -1128,6 +1130,13 @@ def _tables() -> Spec:
     def since(metric: str) -> str:
         return f"time() - {sel(metric)}"
 
+    # Tables and indexes in one query, told apart by a relkind label: a count is published
+    # only for a reason that applies, so either may be absent when everything was measured.
+    unmeasured = " or ".join(
+        f'label_replace({sel(f"pg_bloat_{kind}_unmeasured")}, "relkind", "{kind}", "", "")'
+        for kind in ("tables", "indexes")
+    )
+
     return Spec(
         file="tables.json",
         uid="pg-health-tables",
@@ -1308,14 +1317,7 @@ def _tables() -> Spec:
                         "reason (no_privilege, not_installed, stale_statistics, too_large, ...). A "
                         "missing bloat number always has a reason here."
                     ),
-                    Query(
-                        sel("pg_bloat_tables_unmeasured"),
-                        "{{datname}} tables: {{method}} {{reason}}",
-                    ),
-                    Query(
-                        sel("pg_bloat_indexes_unmeasured"),
-                        "{{datname}} indexes: {{method}} {{reason}}",
-                    ),
+                    Query(unmeasured, "{{datname}} {{relkind}}: {{method}} {{reason}}"),
                     unit="short",
                 ),
                 FULL,
