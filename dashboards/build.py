@@ -80,7 +80,7 @@ def hit_ratio(hit: str, read: str) -> str:
 
 @dataclass(frozen=True)
 class Query:
-    """One target of a panel. Tables use instant queries in table format."""
+    """One target of a panel: the expression and its legend."""
 
     expr: str
     legend: str = ""
@@ -123,7 +123,9 @@ def _thresholds(steps: Steps) -> Json:
     return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
 
 
-def _targets(queries: Sequence[Query], *, instant: bool) -> list[Json]:
+def _targets(queries: Sequence[Query], *, instant: bool, table: bool) -> list[Json]:
+    """Range queries for graphs; instant ones for bar gauges (one bar per series, named by
+    the legend) and tables (label columns: table format, which ignores the legend)."""
     targets = []
     for index, query in enumerate(queries):
         targets.append(
@@ -131,7 +133,7 @@ def _targets(queries: Sequence[Query], *, instant: bool) -> list[Json]:
                 "datasource": DATASOURCE,
                 "editorMode": "code",
                 "expr": query.expr,
-                "format": "table" if instant else "time_series",
+                "format": "table" if table else "time_series",
                 "instant": instant,
                 "legendFormat": query.legend or "__auto",
                 "range": not instant,
@@ -160,7 +162,7 @@ def _panel(
         "datasource": DATASOURCE,
         "fieldConfig": {"defaults": defaults, "overrides": list(overrides)},
         "options": options,
-        "targets": _targets(queries, instant=instant),
+        "targets": _targets(queries, instant=instant, table=kind == "table"),
     }
     if transformations:
         panel["transformations"] = list(transformations)

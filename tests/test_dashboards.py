@@ -231,6 +231,20 @@ def test_every_panel_has_a_query_and_a_unique_title() -> None:
             assert panel["description"], f"{name}: {panel['title']} has no description"
 
 
+def test_query_kinds_suit_the_panels() -> None:
+    # Tables need instant queries in table format (labels as columns); bar gauges instant
+    # series (one bar each, named by the legend); graphs and stats range queries.
+    for name, dashboard in dashboards().items():
+        for panel in panels(dashboard):
+            for target in panel["targets"]:
+                kind = (target["instant"], target["range"], target["format"])
+                expected = {
+                    "table": (True, False, "table"),
+                    "bargauge": (True, False, "time_series"),
+                }.get(panel["type"], (False, True, "time_series"))
+                assert kind == expected, f"{name}: {panel['title']}"
+
+
 def test_panels_fit_the_grid_without_overlapping() -> None:
     for name, dashboard in dashboards().items():
         taken: set[tuple[int, int]] = set()
