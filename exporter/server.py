@@ -24,6 +24,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow client never blocks shutdown
     allow_reuse_address = True
+    # socketserver's default backlog is 5: concurrent scrapers' connections beyond it have
+    # their SYNs dropped and retried a second or more later. The kernel caps it at somaxconn.
+    request_queue_size = 128
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # On the connection's own thread, so a slow TLS handshake delays no other client.
