@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,7 +287,7 @@ def free_port() -> int:
 def webhook_receiver() -> Iterator[tuple[int, subprocess.Popen[str]]]:
     port = free_port()
     process = subprocess.Popen(
-        ["python3", str(REPO / "deploy" / "webhook" / "receiver.py")],
+        [sys.executable, str(REPO / "deploy" / "webhook" / "receiver.py")],
         env={**os.environ, "PORT": str(port)},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
