@@ -20,7 +20,8 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     }
     fields.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
     if record.exc_info:
-        fields["exc"] = logging.Formatter().formatException(record.exc_info)
+        # exc_text when RedactingFilter has already formatted (and masked) it.
+        fields["exc"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
     return fields
 
 
@@ -55,6 +56,8 @@ class RedactingFilter(logging.Filter):
             for key, value in list(record.__dict__.items()):
                 if key not in _STANDARD and isinstance(value, str):
                     setattr(record, key, self._mask(value))
+            if record.exc_info:  # an exception's message may quote what it failed on
+                record.exc_text = self._mask(logging.Formatter().formatException(record.exc_info))
         return True
 
     def _mask(self, text: str) -> str:

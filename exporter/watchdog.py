@@ -8,9 +8,12 @@ session: arming and disarming are a heap push and a set update, cheap enough per
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class Watchdog:
@@ -53,4 +56,7 @@ class Watchdog:
                     continue
                 heapq.heappop(self._heap)
                 self._armed.discard(token)
-            action()  # outside the lock: it may take a moment, and must not block arming
+            try:
+                action()  # outside the lock: it may take a moment, and must not block arming
+            except Exception:  # this thread serves every session: it must outlive a defect
+                log.exception("watchdog action failed")

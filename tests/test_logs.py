@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -37,3 +38,16 @@ def test_known_secrets_are_masked(formatter: logging.Formatter) -> None:
     line = formatter.format(record)
     assert "Sup3rSecret" not in line
     assert "****" in line
+
+
+@pytest.mark.parametrize("formatter", [LogfmtFormatter(), JsonFormatter()])
+def test_secrets_in_tracebacks_are_masked(formatter: logging.Formatter) -> None:
+    try:
+        raise RuntimeError("could not use password=Sup3rSecret")
+    except RuntimeError:
+        record = _record("collector crashed")
+        record.exc_info = sys.exc_info()
+    assert RedactingFilter(["Sup3rSecret"]).filter(record)
+    line = formatter.format(record)
+    assert "Sup3rSecret" not in line
+    assert "RuntimeError: could not use password=****" in line.replace("\\n", "\n")
