@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from pgbouncer import ADMIN_USER, LocalPgBouncer, pgbouncer_binary
 
 from conftest import Samples, parse_exposition, scrape, value, wait_for
 from exporter.app import Exporter, collect_once
 from exporter.catalogue import CollectorSpec, builtin_specs
 from exporter.config import Config, parse_config
 from exporter.embedded import LocalPostgres
+from pgbouncer import ADMIN_USER, LocalPgBouncer, pgbouncer_binary
 
 PGBOUNCER_COLLECTORS = ("pgbouncer_pools", "pgbouncer_stats", "pgbouncer_databases")
 # The PostgreSQL collectors these tests need; the other built-ins are not under test here.

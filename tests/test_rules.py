@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-from promql import metric_names
 
 from conftest import REPO
+from promql import metric_names
 
 ALERTS = REPO / "alerts"
 RULE_FILES = sorted(ALERTS.glob("*.yml"))
