@@ -11,6 +11,8 @@ from exporter.cli import main
 from exporter.config import ConfigError, config_from_environment, load_config, parse_config
 from exporter.connections import session_options
 
+pytestmark = pytest.mark.any_major
+
 TARGET = {"name": "main", "dsn": "host=db dbname=postgres user=exporter"}
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from exporter.logs import JsonFormatter, LogfmtFormatter, RedactingFilter
 
+pytestmark = pytest.mark.any_major
+
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:
     record = logging.makeLogRecord({"name": "exporter.test", "levelname": "WARNING", "msg": msg})

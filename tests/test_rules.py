@@ -16,6 +16,8 @@ import yaml
 from conftest import REPO
 from promql import metric_names
 
+pytestmark = pytest.mark.any_major
+
 ALERTS = REPO / "alerts"
 RULE_FILES = sorted(ALERTS.glob("*.yml"))
 TEST_FILES = sorted((ALERTS / "tests").glob("*.yml"))

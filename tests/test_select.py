@@ -1,7 +1,11 @@
 """Capped per-object queries: flagged objects kept, top N by each rank, sticky without churn."""
 
+import pytest
+
 from exporter.catalogue import Limit
 from exporter.select import select_rows
+
+pytestmark = pytest.mark.any_major
 
 COLUMNS = ["relname", "size", "scans", "flagged"]
 LIMIT = Limit(max_rows=2, rank_by=("size", "scans"), keep_when="flagged")

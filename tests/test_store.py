@@ -14,6 +14,8 @@ from exporter.render import render
 from exporter.selfmetrics import self_metrics
 from exporter.store import CollectorStatus, PartKey, Store
 
+pytestmark = pytest.mark.any_major
+
 
 class FakeClock:
     def __init__(self) -> None:
