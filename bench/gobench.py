@@ -114,6 +114,7 @@ START_DEADLINE = 60.0  # seconds until an exporter answers with pg_up 1
 WARMUP_DEADLINE = 600.0  # seconds until ours has run every collector once
 STOP_DEADLINE = 30.0
 POLL_PAUSE = 0.25
+PERIOD = 60.0  # ours' medium collectors (tables, indexes, statements, ...) run every minute
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 Exporter = Literal["go", "ours"]
@@ -448,15 +449,24 @@ def pg_up(text: bytes, exporter: Exporter) -> bool:
     return False
 
 
-def wait_ready(process: Process) -> float:
+@dataclass(frozen=True)
+class Ready:
+    seconds: float  # from the start of the process until ready
+    first_answer: float  # time.monotonic() of the first answered scrape
+
+
+def wait_ready(process: Process) -> Ready:
     """Poll until the exporter serves pg_up 1 (and ours has run every collector once)."""
     started = time.monotonic()
     deadline = started + START_DEADLINE
+    first_answer: float | None = None
     while True:
         process.check_alive()
         got = try_scrape(process.port)
-        if got is not None and pg_up(gunzip(got[1]), process.exporter):
-            break
+        if got is not None:
+            first_answer = first_answer or time.monotonic()
+            if pg_up(gunzip(got[1]), process.exporter):
+                break
         if time.monotonic() > deadline:
             raise BenchFailed(
                 f"{process.exporter} ({process.setup}) served no pg_up 1 within "
@@ -465,7 +475,24 @@ def wait_ready(process: Process) -> float:
         time.sleep(POLL_PAUSE)
     if process.exporter == "ours":
         wait_collected(process, started + WARMUP_DEADLINE)
-    return time.monotonic() - started
+    assert first_answer is not None
+    return Ready(time.monotonic() - started, first_answer)
+
+
+def window_opening(ready: Ready, window: float) -> float:
+    """When ours' window opens (time.monotonic()): half a minute off its collectors' grid.
+
+    Ours' scheduler starts every job at once and then repeats it every interval (with a jitter
+    of up to 10%, at most 5 s), just before its HTTP server answers. A window that opens 30 s
+    after a multiple of 60 s from then holds exactly one run of each 1-minute collector per
+    minute of window, however long a run takes (up to 25 s). For windows that are no multiple
+    of 60 s (the smoke test), the window opens as soon as ours is ready.
+    """
+    now = time.monotonic()
+    if window < PERIOD or window % PERIOD:
+        return now
+    grid = ready.first_answer + PERIOD / 2
+    return grid + PERIOD * max(0, math.ceil((now - grid) / PERIOD))
 
 
 def collector_states(text: bytes) -> dict[str, dict[str, tuple[float, dict[str, str]]]]:
@@ -566,7 +593,7 @@ class RunResult:
 
 def relation_of(query: str) -> str:
     """A short name for one of Go's statements: what it reads from."""
-    match = re.search(r"\bFROM\s+([\w.]+)", query, re.IGNORECASE)
+    match = re.search(r"\bFROM\s+([A-Za-z_][\w.]*)\b(?!\s*\()", query, re.IGNORECASE)
     return match.group(1) if match else " ".join(query.split()[:3])
 
 
@@ -609,8 +636,6 @@ def steady_costs(
             ms, calls = total.exec_ms / total.calls * 60 / interval, 60 / interval
         else:
             name = OTHER
-            if os.environ.get("GOBENCH_DEBUG"):
-                progress(f"unmatched: {' '.join(total.query.split())[:150]}")
             ms = window[qid].exec_ms * 60 / seconds
             calls = window[qid].calls * 60 / seconds
         known = costs.get(name, (0.0, 0.0))
@@ -641,6 +666,19 @@ def check_body(process: Process, text: bytes) -> None:
             raise BenchFailed(f"ours ({process.setup}): collectors failed: {', '.join(broken)}")
 
 
+def scrape_offsets(window: float, interval: float) -> list[float]:
+    """When the window's scrapes start, in seconds from its opening.
+
+    n = window / interval scrapes, as many as Prometheus makes at that interval, but spaced
+    interval * (1 + 1/n) apart, so they fall at n evenly spread phases of an `interval` cycle:
+    Prometheus scrapes at a fixed phase it picks at random, and ours' fast collectors run every
+    15 s, so a scrape's latency depends on where it falls between their runs. Always in the
+    window: the last starts at (n - 1/n) * interval.
+    """
+    n = max(1, round(window / interval))
+    return [k * interval * (1 + 1 / n) for k in range(n)]
+
+
 def measure(
     process: Process,
     stats: psycopg.Connection[tuple[object, ...]],
@@ -655,13 +693,17 @@ def measure(
     ready = wait_ready(process)
     pid = process.popen.pid
     role = ROLES[process.exporter]
+    if process.exporter == "ours":
+        pause = window_opening(ready, window) - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)  # pacing to the collectors' schedule, not a readiness wait
 
     before_db, before_cpu = db_snapshot(stats, role), cpu_seconds(pid)
     started = time.monotonic()
     window_ms: list[float] = []
     body = b""
-    for k in range(max(1, round(window / interval))):
-        pause = started + k * interval - time.monotonic()
+    for offset in scrape_offsets(window, interval):
+        pause = started + offset - time.monotonic()
         if pause > 0:
             time.sleep(pause)  # the scrape schedule, not a readiness wait
         process.check_alive()
@@ -704,7 +746,7 @@ def measure(
     return RunResult(
         exporter=process.exporter,
         setup=process.setup,
-        ready_seconds=ready,
+        ready_seconds=ready.seconds,
         window_seconds=window_seconds,
         window_ms=window_ms,
         burst_ms=burst_ms,
@@ -1043,52 +1085,71 @@ def markdown(
 
 INTRO = f"""## Side by side with the Go exporter (`bench/gobench.py`)
 
-One PostgreSQL 15 cluster (Debian's build, pg_stat_statements preloaded with
-`pg_stat_statements.max = 10000` and `track = top`; fsync, synchronous_commit and
-full_page_writes off for a fast setup) gets, one size at a time, a database of S = 100,
-M = 2,000 or L = 10,000 tables in four schemas, each with an identity primary key, two
-secondary indexes and 100 rows, ANALYZEd, and pgstattuple; then 5,000 distinct statements
-(different tables and predicate shapes, each run twice with different constants) leave about
-5,000 entries in pg_stat_statements. Both exporters then run against that database as
-subprocesses, one after the other (Go, ours, ours, Go; the next size starts with ours), each
-as its own role, a member of `pg_monitor` and nothing else:
+One PostgreSQL 15 cluster (Debian's build; pg_stat_statements preloaded with
+`pg_stat_statements.max = 10000` and PostgreSQL's default `track = top`; fsync,
+synchronous_commit and full_page_writes off for a fast setup) gets, one size at a time, a
+database of S = 100, M = 2,000 or L = 10,000 tables in four schemas, each with an identity
+primary key, two secondary indexes and 100 rows, ANALYZEd, with pg_stat_statements and
+pgstattuple; then 5,000 distinct statements (other tables and predicate shapes, each run twice
+with different constants) leave about 5,000 entries in pg_stat_statements. Both exporters then
+run against that database as subprocesses, one after the other (Go, ours, ours, Go; the next
+size starts with ours), each as its own role, a member of `pg_monitor` and nothing else:
 
 - **Go**: Debian's `prometheus-postgres-exporter`, `DATA_SOURCE_NAME` naming the database.
   *default*: no flags. *full*: `--extend.query-path=bench/go_queries.yaml`: every row of
-  pg_stat_user_tables and pg_statio_user_tables and of pg_stat_statements (PostgreSQL 13+
-  columns: total_exec_time etc.), as the example queries the package ships do, plus
-  postmaster start time and replication lag. It runs all its SQL on every scrape.
+  pg_stat_user_tables and pg_statio_user_tables, and of pg_stat_statements with the
+  PostgreSQL 13+ columns (total_exec_time etc.), as in the example queries the package ships,
+  plus postmaster start time and replication lag. It runs all its SQL on every scrape.
 - **ours**: `pg-health-exporter --config <generated>`, one target on the same database
-  (`databases.include` only that database, as the Go exporter sees only its DSN's). *default*:
-  the built-in collectors with their default intervals and caps (`statement_text` is off;
-  `tables` publishes the top 25 per ranking plus flagged tables, `statements` the top 100 per
-  ranking; the `all_` totals cover the rest). *full*: `tables.params.max_tables` and
-  `max_flagged_tables`, `statements.params.max_statements` = {FULL_CAP:,} (every table and
-  every statement published) and `statement_text` enabled with the same cap. It collects in
-  the background at each collector's interval, whether scraped or not.
+  (`databases.include` lists only it, as the Go exporter sees only its DSN's database).
+  *default*: the built-in collectors with their default intervals and caps (`statement_text`
+  off; `tables` publishes the top 25 tables per ranking plus flagged ones, `indexes` the top
+  50, `statements` the top 100 per ranking; `all_` totals cover the rest). *full*:
+  `tables.params.max_tables` and `max_flagged_tables` and `statements.params.max_statements`
+  set to {FULL_CAP:,} (every table and every statement published; indexes stay capped), and
+  `statement_text` enabled with the same cap. It collects in the background at each
+  collector's interval (15 s, 1 min, 5 to 15 min), scraped or not.
 
-Definitions. Latency: from sending `GET /metrics` with `Accept-Encoding: gzip` on a new
-connection to having read the whole compressed body, client on the same machine. The
-"p50 / p99" columns are the window's scrapes at the fixed 15 s schedule (what Prometheus
-does; for ours the body has nearly always changed since the last scrape), "burst" are
-back-to-back scrapes after the window. Series: sample lines of the last body, the exporters'
-own metrics (`go_*`, `process_*`, `pg_exporter_*`) included. Peak RSS: VmHWM of the process
-(MB = 10^6 bytes). CPU: utime + stime of the process over the window. Database time and
-queries: the growth of the sum of `total_exec_time` and of `calls` over the role's
-pg_stat_statements entries during the window (planning time is not tracked; connection
-set-up is not a statement). Ours is warmed up until every enabled collector has finished its
-first run before the window opens; Go gets one scrape first. A window of a multiple of
-60 s holds a whole number of runs of ours' 1-minute collectors; its collectors with longer
-intervals (bloat, index_health, schema, sequences, database_size, wraparound) rarely run in
-it, so the section also gives their cost amortised over their intervals, from the duration
-the exporter reports for their last run (wall time, so an upper bound of both their database
-time and their CPU).
+What is measured, per exporter and configuration:
 
-Reproduce (the machine has 2 CPUs; numbers taken while other work runs are noisy, and the
-load average is given per size):
+- **Window**: {DEFAULT_WINDOW:g} s (`--window`), with one gzip scrape per 15 s of it, as
+  Prometheus makes at a 15 s interval. Prometheus scrapes at a fixed phase it picks at random,
+  and ours' fast collectors run every 15 s, so the n scrapes are spaced 15 * (1 + 1/n) s
+  apart: they fall at n evenly spread phases of that 15 s cycle, the worst one (a scrape as a
+  collector starts) included. Ours is warmed up until every enabled collector has finished its
+  first run, and its window opens 30 s after a whole minute of its schedule, so a 60 s window
+  holds exactly one run of each 1-minute collector; Go gets one scrape before its window.
+- **Latency** (p50 / p99): from sending `GET /metrics` with `Accept-Encoding: gzip` on a new
+  connection to having read the whole compressed body (client on the same machine), over the
+  window's scrapes; **burst**: up to {BURST_SCRAPES} back-to-back scrapes after the window
+  (at most {BURST_SECONDS:g} s, at least 3), which ours mostly answers from its cached body.
+- **Series** and **gzip body**: of the last body, the exporters' own metrics (`go_*`,
+  `process_*`, `pg_exporter_*`) included. **Peak RSS**: VmHWM of the process after the burst
+  (MB = 10^6 bytes).
+- **CPU**: utime + stime of the process over the window, per minute.
+- **DB ms/min** and **queries/min**: the growth of the sums of `total_exec_time` and `calls`
+  over the role's pg_stat_statements entries during the window, per minute (planning is not
+  tracked; connecting is not a statement). The Go exporter runs its SQL per scrape, so its
+  window is its steady state. Ours runs its collectors on their own schedule, and those slower
+  than 1 minute (bloat and index_health every 15 min, schema 10 min, sequences, database_size
+  and wraparound 5 min) rarely run inside the window, so **steady** adds them at their rate:
+  each statement of a collector (recognised by its SQL, from the catalogue) costs its mean
+  time over the exporter's life, once per run, 60 / interval runs a minute; statements of no
+  collector (BEGIN, SET LOCAL, COMMIT, the `up` probe) count as measured. For CPU, the
+  slower collectors' share is given as a bound (their last run's wall time over their
+  interval).
+
+The goal verdicts take, for ours, the less favourable of the window's and the steady figure.
+
+Reproduce (2 CPUs here; numbers taken while other work runs are noisy, so the load average
+before and after each size is given):
 
     apt-get install prometheus-postgres-exporter
     {COMMAND} --write
+
+`{COMMAND} --quick` is the smoke test (size S, a 10 s window with a scrape every 5 s, about
+a minute): it fails when either exporter does not serve `pg_up 1`, answers other than 200,
+reports a scrape or collector error, or exits.
 
 """
 
