@@ -9,9 +9,13 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from conftest import Samples, scrape, value, wait_for
 from exporter.demo import DATABASE, IDLE_CONNECTIONS, TARGET
 from exporter.workload import Planted
+
+pytestmark = pytest.mark.any_major
 
 
 def _free_port() -> int:

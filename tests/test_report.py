@@ -20,7 +20,6 @@ import jsonschema
 import psycopg
 import pytest
 import yaml
-from pgbouncer import ADMIN_USER, LocalPgBouncer, pgbouncer_binary
 
 from conftest import REPO, fresh_database, wait_for
 from exporter.checks import Thresholds
@@ -31,6 +30,7 @@ from exporter.findings import CHECKS, Finding
 from exporter.report import build_report
 from exporter.reportformat import render_text, use_colour
 from exporter.workload import Planted, Workload, plant_problems
+from pgbouncer import ADMIN_USER, LocalPgBouncer, pgbouncer_binary
 
 SCHEMA = json.loads((REPO / "docs" / "report.schema.json").read_text())
 
