@@ -317,3 +317,5 @@ def test_slow_statement_alert_is_delivered_naming_the_statement(stack: Stack) ->
     assert queryid in alert["annotations"]["summary"]
     assert APP_DB in alert["annotations"]["description"]
     assert alert["annotations"]["runbook_url"].endswith("docs/runbooks.md#pgslowstatements")
+    # statement_text is enabled here: the notification carries the statement itself.
+    assert "pg_sleep" in alert["annotations"]["query"]
