@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import shutil
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -41,6 +42,18 @@ def wait_for(
         pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
     finally:
         timer.cancel()
+
+
+def tool(name: str, package: str) -> str:
+    """The path of a program the tests drive (promtool, amtool...). Missing is a failure, not a
+    skip: a suite that silently skips its real-tool checks proves nothing. `.ci/run` installs
+    them all."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is not installed: apt-get install {package} (as .ci/run does)", pytrace=False
+        )
+    return path
 
 
 def parse_exposition(text: str) -> Samples:

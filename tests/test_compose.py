@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import yaml
 
-from conftest import REPO, wait_for
+from conftest import REPO, tool, wait_for
 from exporter.config import ConfigError, load_config
 from exporter.embedded import LocalPostgres
 
@@ -31,16 +31,6 @@ pytestmark = pytest.mark.any_major
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 PASSWORD_VARIABLE = "PG_HEALTH_EXPORTER_PASSWORD"
-
-
-def tool(name: str, package: str) -> str:
-    """The path of a checker; CI installs it, so there a missing one fails the test."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: CI must install Debian's {package} package")
-        pytest.skip(f"{name} not installed (apt-get install {package})")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ dashboards' variables. That the queries return data is the end-to-end test's par
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, tool
 from promql import metric_names
 
 # Nothing here depends on the PostgreSQL major the suite runs on.
@@ -40,15 +39,6 @@ TAGS = ["postgresql", "pg-health-exporter"]
 UNITS = {"short", "percentunit", "bytes", "Bps", "s"}
 # Series Prometheus itself publishes that a dashboard may query.
 PROMETHEUS_SERIES = {"ALERTS"}
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: CI must install Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
 
 
 def load_build() -> ModuleType:
@@ -326,7 +316,7 @@ def test_queries_parse(tmp_path: Path) -> None:
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = subprocess.run(
-        [promtool(), "check", "rules", str(path)],
+        [tool("promtool", "prometheus"), "check", "rules", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,23 +1,10 @@
 """The exposition passes Prometheus' own linter, with every collector enabled."""
 
-import os
-import shutil
 import subprocess
 
-import pytest
-
-from conftest import exporter_config
+from conftest import exporter_config, tool
 from exporter.app import collect_once
 from exporter.embedded import LocalPostgres
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
 
 
 def test_once_output_passes_promtool_check_metrics(postgres: LocalPostgres) -> None:
@@ -28,7 +15,11 @@ def test_once_output_passes_promtool_check_metrics(postgres: LocalPostgres) -> N
     )
     body = collect_once(config.model_copy(update={"catalogue": enabled}))
     result = subprocess.run(
-        [promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
+        [tool("promtool", "prometheus"), "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     problems = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, problems

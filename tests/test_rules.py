@@ -4,7 +4,6 @@ firing and quiet, and reads only metrics the exporter publishes or the recording
 """
 
 import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, tool
 from promql import metric_names
 
 pytestmark = pytest.mark.any_major
@@ -40,18 +39,6 @@ REQUIRED_RECORDING_RULES = {
 
 
 # --- loading ----------------------------------------------------------------------------------
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        # Not a skip: without promtool nothing here proves the rules work.
-        pytest.fail(
-            "promtool is not installed; install Debian's prometheus package "
-            "(apt-get install prometheus), as .ci/run does",
-            pytrace=False,
-        )
-    return path
 
 
 @cache
@@ -142,7 +129,7 @@ def section(heading: str) -> str:
 def test_promtool_checks_the_rule_files() -> None:
     assert {path.name for path in RULE_FILES} >= {"alerts.yml", "recording.yml"}
     result = subprocess.run(
-        [promtool(), "check", "rules", *map(str, RULE_FILES)],
+        [tool("promtool", "prometheus"), "check", "rules", *map(str, RULE_FILES)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -157,7 +144,7 @@ def test_promtool_checks_the_rule_files() -> None:
 def test_promtool_unit_tests_pass() -> None:
     assert TEST_FILES, "alerts/tests/ has no promtool test files"
     result = subprocess.run(
-        [promtool(), "test", "rules", *map(str, TEST_FILES)],
+        [tool("promtool", "prometheus"), "test", "rules", *map(str, TEST_FILES)],
         capture_output=True,
         text=True,
         timeout=300,
