@@ -28,16 +28,18 @@ class Thresholds:
     cache_hit_min_blocks: int = 1000  # fewer block accesses than this: too little traffic to judge
     connections_warning: float = 0.80  # share of the connections ordinary roles may open
     connections_critical: float = 0.95
-    idle_in_transaction_warning_seconds: float = 60.0
-    idle_in_transaction_critical_seconds: float = 600.0
+    # Warnings where alerts/alerts.yml warns (docs/runbooks.md), so a report and the alerts
+    # agree on what is a problem; critical is a step further.
+    idle_in_transaction_warning_seconds: float = 300.0
+    idle_in_transaction_critical_seconds: float = 1800.0
     pool_wait_warning_seconds: float = 1.0  # PgBouncer: the longest a client has waited
-    pool_wait_critical_seconds: float = 10.0
+    pool_wait_critical_seconds: float = 5.0
     slow_statement_mean_seconds: float = 0.5  # mean execution time, at or above: warning
     top_statements: int = 5  # listed by total and by mean time
     analyze_min_modifications: int = 1000  # rows modified since ANALYZE, at least ...
     analyze_modified_ratio: float = 0.2  # ... and more than this share of the live rows
-    wraparound_warning: float = 0.25  # transaction or multixact ID age / 2^31
-    wraparound_critical: float = 0.50
+    wraparound_warning: float = 0.50  # transaction or multixact ID age / 2^31 (as the alerts)
+    wraparound_critical: float = 0.75
     sequence_warning: float = 0.75  # share of a sequence's range used
     sequence_critical: float = 0.90
 
