@@ -9,8 +9,10 @@ Load: with the default collector intervals and after every collector's first run
 /metrics with `Accept-Encoding: gzip`, each on a new connection and again as soon as answered,
 for 60 s. Reported: requests, errors, throughput and latency percentiles; and what the
 database saw from the exporter's role (pg_stat_statements calls) and in all (pg_stat_database
-transactions) during the load, next to an idle window of the same length just before it. The
-scheduled jobs run in both windows; scrapes add nothing.
+transactions) during the load, next to an idle window of the same length just before it.
+The scheduled jobs run in both windows, so they differ by which jobs fell in each; the same
+load is then repeated against an exporter with nothing scheduled (every interval 1 h, after
+its first round), where whatever the database sees is what the scrapes cost it.
 
 Soak: a second exporter with every collector and the probe at a 1 s interval, scraped by a few
 clients once a second, for 10 minutes. Its VmRSS and thread count are sampled every 10 s.
@@ -54,6 +56,7 @@ from bench.common import (
 )
 from exporter.catalogue import builtin_specs
 from exporter.embedded import LocalPostgres
+from exporter.units import parse_duration
 
 START_MARKER = "<!-- load-bench:start -->"
 END_MARKER = "<!-- load-bench:end -->"
@@ -203,13 +206,16 @@ def first_round_done(exporter: ExporterProcess, collectors: set[str]) -> bool:
     return seen >= collectors
 
 
-def exporter_config(server: LocalPostgres, *, fast: bool) -> dict[str, Any]:
+def exporter_config(server: LocalPostgres, *, interval: str | None) -> dict[str, Any]:
+    """Every collector and the probe at `interval`, or (None) the defaults."""
     collectors: dict[str, Any] = {}
-    if fast:
-        for name, spec in builtin_specs().items():
-            collectors[name] = {"interval": "1s", "timeout": f"{min(spec.timeout, 1.0):g}s"}
+    seconds = parse_duration(interval) if interval else None
+    for name, spec in builtin_specs().items():
+        if seconds is not None:
+            timeout = min(spec.timeout, seconds)
+            collectors[name] = {"interval": interval, "timeout": f"{timeout:g}s"}
     return {
-        "up_interval": "1s" if fast else "15s",
+        "up_interval": interval or "15s",
         "collectors": collectors,
         "targets": [{"name": "bench", "dsn": server.dsn(user=ROLE)}],
     }
@@ -274,16 +280,21 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
-    idle: DatabaseCounters
+    idle: DatabaseCounters | None  # the same length of time just before, without scrapers
     loaded: DatabaseCounters
 
 
-def run_load(exporter: ExporterProcess, server: LocalPostgres, plan: Plan) -> LoadResult:
-    progress(f"idle window: {plan.load_seconds:g}s")
-    before_idle = database_counters(server)
-    threading.Event().wait(plan.load_seconds)
+def run_load(
+    exporter: ExporterProcess, server: LocalPostgres, plan: Plan, *, idle_first: bool
+) -> LoadResult:
+    idle = None
+    if idle_first:
+        progress(f"idle window: {plan.load_seconds:g}s")
+        before_idle = database_counters(server)
+        threading.Event().wait(plan.load_seconds)
     before_load = database_counters(server)
-    idle = _delta(before_idle, before_load)
+    if idle_first:
+        idle = _delta(before_idle, before_load)
     progress(f"load: {plan.scrapers} scrapers for {plan.load_seconds:g}s")
     per_process = [plan.scrapers // plan.client_processes] * plan.client_processes
     per_process[0] += plan.scrapers - sum(per_process)
@@ -382,10 +393,15 @@ def run_soak(exporter: ExporterProcess, plan: Plan) -> SoakResult:
 
 
 def markdown(
-    load: LoadResult, soak: SoakResult, plan: Plan, *, command: str, version_num: int
+    loads: tuple[LoadResult, LoadResult],
+    soak: SoakResult,
+    plan: Plan,
+    *,
+    command: str,
+    version_num: int,
 ) -> str:
-    per_scrape = (load.loaded.statements - load.idle.statements) / max(1, load.requests)
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(load.errors.items())) or "none"
+    scheduled, quiet = loads
+    assert scheduled.idle is not None
     rss = [s["rss_kib"] / 1024 for s in soak.samples]
     threads = [int(s["threads"]) for s in soak.samples]
     half = len(rss) // 2
@@ -397,25 +413,29 @@ def markdown(
         f"- PostgreSQL {version_num // 10000}, {plan.tables} tables; the exporter as a child "
         "process",
         "",
-        f"**Load**: {load.scrapers} scrapers for {load.seconds:g} s "
-        f"({plan.client_processes} client process(es), a new connection per request, gzip)",
+        f"**Load**: {scheduled.scrapers} scrapers for {scheduled.seconds:g} s each run "
+        f"({plan.client_processes} client processes, a new connection per request, gzip)",
         "",
-        "| requests | errors | per second | p50 | p90 | p99 | max |",
-        "|---:|---|---:|---:|---:|---:|---:|",
-        f"| {load.requests:,} | {errors} | {load.requests / load.seconds:,.0f} | "
-        f"{load.p50_ms:.1f} ms | {load.p90_ms:.1f} ms | {load.p99_ms:.1f} ms | "
-        f"{load.max_ms:.1f} ms |",
+        "| exporter | requests | errors | per second | p50 | p90 | p99 | max |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {label} | {r.requests:,} | {_errors(r)} | {r.requests / r.seconds:,.0f} | "
+            f"{r.p50_ms:.1f} ms | {r.p90_ms:.1f} ms | {r.p99_ms:.1f} ms | {r.max_ms:.1f} ms |"
+            for label, r in (("default intervals", scheduled), ("nothing scheduled", quiet))
+        ),
         "",
-        "What the database saw, idle window then load window of the same length:",
+        "What the database saw (statements: pg_stat_statements calls by the exporter's role;",
+        "transactions: pg_stat_database, every database, including this benchmark's own",
+        "readings):",
         "",
-        "| window | statements by the exporter's role | transactions, all databases |",
+        "| window | statements | transactions |",
         "|---|---:|---:|",
-        f"| idle, {load.seconds:g} s | {load.idle.statements:,} | {load.idle.transactions:,} |",
-        f"| {load.requests:,} scrapes, {load.seconds:g} s | {load.loaded.statements:,} | "
-        f"{load.loaded.transactions:,} |",
-        "",
-        f"Statements per scrape beyond the schedule: {per_scrape:.5f} (the windows differ by "
-        "which scheduled jobs fell in each).",
+        f"| default intervals, idle {scheduled.seconds:g} s | "
+        f"{scheduled.idle.statements:,} | {scheduled.idle.transactions:,} |",
+        f"| default intervals, the next {scheduled.seconds:g} s: {scheduled.requests:,} "
+        f"scrapes | {scheduled.loaded.statements:,} | {scheduled.loaded.transactions:,} |",
+        f"| nothing scheduled, {quiet.seconds:g} s: {quiet.requests:,} scrapes | "
+        f"{quiet.loaded.statements:,} | {quiet.loaded.transactions:,} |",
         "",
         f"**Soak**: {_duration(soak.seconds)}, every collector and the probe at 1 s, "
         f"{plan.soak_scrapers} scrapers once a second: {soak.scrapes:,} scrapes, "
@@ -432,6 +452,10 @@ def markdown(
     return "\n".join(lines)
 
 
+def _errors(result: LoadResult) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items())) or "none"
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
@@ -440,9 +464,10 @@ INTRO = """## Concurrent scrapers and soak (`bench/load_bench.py`)
 
 The exporter as users run it (a child process, `python -m exporter`) against a throwaway
 PostgreSQL with 200 tables, monitored by a `pg_monitor` role. Load: 50 scrapers in a closed loop
-for 60 s; the database's view of the exporter's role during the load is compared with an idle
-window of the same length. Soak: every collector at 1 s for 10 minutes, memory and threads
-sampled every 10 s.
+for 60 s, against the exporter with its default intervals (the database's view compared with an
+idle window of the same length just before) and against one with nothing scheduled (whatever
+the database sees then is what scrapes cost it). Soak: every collector at 1 s for 10 minutes,
+memory and threads sampled every 10 s.
 
 """
 
@@ -469,18 +494,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"preparing {plan.tables} tables")
         prepare(server, plan)
 
-        exporter = ExporterProcess(exporter_config(server, fast=False), directory)
-        try:
-            wait_until(
-                lambda: first_round_done(exporter, postgres_collectors()),
-                timeout=300,
-                what="every collector's first run",
-            )
-            load = run_load(exporter, server, plan)
-        finally:
-            exporter.stop()
+        loads = []
+        for interval in (None, "1h"):
+            exporter = ExporterProcess(exporter_config(server, interval=interval), directory)
+            try:
+                wait_until(
+                    lambda: first_round_done(exporter, postgres_collectors()),  # noqa: B023
+                    timeout=300,
+                    what="every collector's first run",
+                )
+                loads.append(run_load(exporter, server, plan, idle_first=interval is None))
+            finally:
+                exporter.stop()
 
-        exporter = ExporterProcess(exporter_config(server, fast=True), directory)
+        exporter = ExporterProcess(exporter_config(server, interval="1s"), directory)
         try:
             wait_until(
                 lambda: first_round_done(exporter, postgres_collectors()),
@@ -493,9 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         version = server.version_num()
 
     command = ".venv/bin/python -m bench.load_bench" + (" --quick" if args.quick else "")
-    section = markdown(load, soak, plan, command=command, version_num=version)
+    section = markdown((loads[0], loads[1]), soak, plan, command=command, version_num=version)
     print(section, end="")
-    print(json.dumps({"load": asdict(load), "soak": asdict(soak)}), file=sys.stderr)
+    print(json.dumps({"loads": [asdict(r) for r in loads], "soak": asdict(soak)}), file=sys.stderr)
     if args.write:
         write_marked_section(section, start=START_MARKER, end=END_MARKER, intro=INTRO)
         progress("wrote BENCHMARKS.md")

@@ -23,6 +23,11 @@ MAX_JITTER_SECONDS = 5.0
 PROBE_WORKERS = 2
 
 
+def _probe_id(target: str) -> str:
+    # Not "<target>/up": a custom collector may be named `up`, and its job is "<target>/up".
+    return f"{target}/(probe)"
+
+
 def _jitter(interval: float) -> float:
     return min(interval * 0.1, MAX_JITTER_SECONDS)
 
@@ -73,7 +78,7 @@ class Scheduler:
             seconds=self._up_interval,
             jitter=_jitter(self._up_interval),
             next_run_time=now,
-            id=f"{target.name}/up",
+            id=_probe_id(target.name),
             executor="probes",
             misfire_grace_time=max(1, int(self._up_interval)),
         )
@@ -120,7 +125,7 @@ class Scheduler:
         for target in self._registry:
             if up_interval != self._up_interval:
                 self._scheduler.reschedule_job(
-                    f"{target.name}/up",
+                    _probe_id(target.name),
                     trigger="interval",
                     seconds=up_interval,
                     jitter=_jitter(up_interval),

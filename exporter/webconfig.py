@@ -87,7 +87,7 @@ class TLSServerConfig(BaseModel):
     @field_validator(*_UNSUPPORTED)
     @classmethod
     def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None:
+        if value not in (None, "", [], {}):  # left empty: as if absent
             raise ValueError(f"not supported: {_UNSUPPORTED[str(info.field_name)]}")
         return value
 
