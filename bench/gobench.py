@@ -593,8 +593,10 @@ class RunResult:
 
 def relation_of(query: str) -> str:
     """A short name for one of Go's statements: what it reads from."""
-    match = re.search(r"\bFROM\s+([A-Za-z_][\w.]*)\b(?!\s*\()", query, re.IGNORECASE)
-    return match.group(1) if match else " ".join(query.split()[:3])
+    for match in re.finditer(r"\bFROM\s+([A-Za-z_][\w.]*)\b(?!\s*\()", query, re.IGNORECASE):
+        if not re.search(r"extract\s*\(\s*[\w$]+\s*$", query[: match.start()], re.IGNORECASE):
+            return match.group(1)  # not the FROM of extract(field FROM x)
+    return " ".join(query.split()[:3])
 
 
 def window_costs(
