@@ -42,6 +42,7 @@ from bench.gobench import (
     clean_env,
     create_roles,
     gunzip,
+    logged_errors,
     pg_up,
     running,
     stop,
@@ -274,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 go_binary=GO_BINARY,
             ) as process:
                 wait_ready(process)
+                for name, error in logged_errors(process.log_path).items():
+                    sections.append(f"Warm-up: collector `{name}` failed once: {error}")
                 progress("py-spy record ...")
                 sections.append(
                     cpu_profile(process.popen.pid, args.py_spy, args.seconds, workdir / "cpu.txt")
