@@ -77,8 +77,7 @@ def apply_config(exporter: Exporter, config: Config, web: WebSecurity) -> Change
     )
     for target in exporter.registry:
         for collector in dropped:
-            exporter.store.drop(target.name, collector)
-            _forget_status(exporter, target.name, collector)
+            exporter.store.forget_collector(target.name, collector)
     for name in added + changed:
         exporter.scheduler.add_target(exporter.registry.add(new[name]))
 
@@ -93,16 +92,3 @@ def apply_config(exporter: Exporter, config: Config, web: WebSecurity) -> Change
         )
     exporter.config = config
     return Changes(tuple(added), tuple(changed), tuple(removed), tuple(sorted(dropped)))
-
-
-def _forget_status(exporter: Exporter, target: str, collector: str) -> None:
-    """Remove a dropped collector's status, so its pg_exporter_collector_* series go too.
-
-    The store has no single call for this; a status written by another job between the read
-    and the write here would be lost until that job's next run (microseconds of exposure,
-    once per reload).
-    """
-    status = exporter.store.targets().get(target)
-    if status is not None and collector in status.collectors:
-        remaining = {k: v for k, v in status.collectors.items() if k != collector}
-        exporter.store.set_target(target, collectors=remaining)

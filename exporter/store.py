@@ -105,6 +105,17 @@ class Store:
                 self._targets.pop(target, None)
             self._snapshot = None
 
+    def forget_collector(self, target: str, collector: str) -> None:
+        """Remove a collector's parts and status: it no longer runs on this target."""
+        with self._lock:
+            for key in [k for k in self._parts if (k.target, k.collector) == (target, collector)]:
+                del self._parts[key]
+            current = self._targets.get(target)
+            if current is not None and collector in current.collectors:
+                collectors = {k: v for k, v in current.collectors.items() if k != collector}
+                self._targets[target] = replace(current, collectors=collectors)
+            self._snapshot = None
+
     def set_target(self, target: str, **changes: object) -> None:
         with self._lock:
             current = self._targets.get(target, TargetStatus())

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from prometheus_client.core import GaugeMetricFamily
 
-from conftest import parse_exposition, value
+from conftest import names, parse_exposition, value
 from exporter.catalogue import Collector, CollectorSpec
 from exporter.collect import CollectorFailed, to_families
 from exporter.render import render
@@ -144,3 +144,20 @@ def test_self_metrics() -> None:
         value(samples, "pg_exporter_collector_last_success_timestamp_seconds", collector="ok") == 5
     )
     assert value(samples, "pg_exporter_build_info") == 1
+
+
+def test_forget_collector_removes_its_data_and_status_only() -> None:
+    store = Store(self_metrics=self_metrics)
+    for collector in ("gone", "kept"):
+        store.put(
+            PartKey("a", collector, "app"), render([gauge(f"pg_{collector}_x", "app", 1)]), 60
+        )
+        store.set_collector("a", collector, CollectorStatus(state="ok", series=1))
+    store.set_target("a", up=True)
+    store.forget_collector("a", "gone")
+    samples = parse_exposition(store.snapshot().body.decode())
+    assert "pg_gone_x" not in names(samples)
+    assert value(samples, "pg_exporter_collector_up", collector="gone") is None
+    assert "pg_kept_x" in names(samples)
+    assert value(samples, "pg_exporter_collector_up", collector="kept") == 1
+    assert value(samples, "pg_up", target="a") == 1
