@@ -33,6 +33,8 @@ def password(kind: str) -> str:
 def scram_postgres(private_postgres: LocalPostgres) -> LocalPostgres:
     """The private server, asking ROLE for its password (the others keep trust auth)."""
     with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
+        # PostgreSQL 13 still stores md5 hashes by default, which scram-sha-256 auth refuses.
+        conn.execute("SET password_encryption = 'scram-sha-256'")
         conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE pg_monitor PASSWORD '{RIGHT}'")
     hba = private_postgres.datadir / "pg_hba.conf"
     hba.write_text(f"host all {ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
