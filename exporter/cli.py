@@ -1,8 +1,8 @@
 """Command line, Prometheus style.
 
-pg-health-exporter [--config FILE] [--web.listen-address HOST:PORT] [--log.level LEVEL]
-                   [--log.format logfmt|json] [--[no-]collector.NAME ...]
-pg-health-exporter check-config [--config FILE]
+pg-health-exporter [--config FILE] [--web.listen-address HOST:PORT] [--web.config.file FILE]
+                   [--log.level LEVEL] [--log.format logfmt|json] [--[no-]collector.NAME ...]
+pg-health-exporter check-config [--config FILE] [--web.config.file FILE]
 pg-health-exporter once [--config FILE]
 pg-health-exporter report [--config FILE] [--target NAME] [--format text|markdown|json]
 pg-health-exporter demo [--web.listen-address HOST:PORT] [--data-dir DIR]
