@@ -31,6 +31,8 @@ def probe_target(target: Target) -> None:
         target.refresh()
     except ConnectFailed:
         pass  # already recorded by the target as down, with one log line
+    except PoolBusy:
+        pass  # reachable, but busy before its first facts were read: the next probe tries again
     except psycopg.Error as exc:
         target.mark_down(target.redact(first_line(exc)))
     target.publish_pool_stats()
