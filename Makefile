@@ -55,10 +55,12 @@ dashboards: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.serve_bench --write
 	$(BIN)/python -m bench.cardinality_bench --write
+	$(BIN)/python -m bench.load_bench --write        # ~15 min: two 60 s loads, a 10 min soak
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.serve_bench --quick
 	$(BIN)/python -m bench.cardinality_bench --tables 200
+	$(BIN)/python -m bench.load_bench --quick
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
