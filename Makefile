@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY_SOURCES := exporter tests bench dashboards deploy
 
-.PHONY: demo test test-majors lint format metrics-doc dashboards bench bench-quick install clean
+.PHONY: demo test test-majors lint format metrics-doc dashboards bench bench-go bench-quick install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,11 +56,18 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.serve_bench --write
 	$(BIN)/python -m bench.cardinality_bench --write
 	$(BIN)/python -m bench.load_bench --write        # ~15 min: two 60 s loads, a 10 min soak
+	$(BIN)/python -m bench.gobench --write           # ~17-25 min: see bench-go
+
+## Side by side with the Go exporter at 100 / 2,000 / 10,000 tables (needs Debian's
+## prometheus-postgres-exporter and postgresql-15, as .ci/run installs).
+bench-go: $(STAMP)
+	$(BIN)/python -m bench.gobench --write
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.serve_bench --quick
 	$(BIN)/python -m bench.cardinality_bench --tables 200
 	$(BIN)/python -m bench.load_bench --quick
+	$(BIN)/python -m bench.gobench --quick
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
