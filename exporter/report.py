@@ -2,8 +2,8 @@
 
 The collection is the `once` command's (every enabled collector of the catalogue, run once per
 target by scheduler.run_all_once); the report then reads the exposition text back and judges
-it (checks.py), so it says exactly what /metrics would show. The store is kept as well: it
-holds what the exposition cannot say, why a collector failed or a target is down.
+it (the checks package), so it says exactly what /metrics would show. The store is kept as well:
+it holds what the exposition cannot say, why a collector failed or a target is down.
 """
 
 import getpass
