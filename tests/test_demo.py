@@ -94,7 +94,15 @@ def test_demo_plants_every_problem_and_cleans_up() -> None:
             if name == "pg_statement_text_info"
         ]
         assert any("pg_sleep" in text for text in texts)
-        assert _sum(samples, "pg_connections_backends", state="idle in transaction") == 1
+        # The planted session, by its application_name: the exporter's own sessions are
+        # briefly idle in transaction between the queries of one collector run.
+        forgotten = _sum(
+            samples,
+            "pg_connections_backends",
+            state="idle in transaction",
+            application_name="demo-app-forgotten-transaction",
+        )
+        assert forgotten == 1
         assert _sum(samples, "pg_connections_backends", state="idle") >= IDLE_CONNECTIONS
         idle_age = value(
             samples, "pg_connections_max_idle_in_transaction_age_seconds", datname=DATABASE

@@ -3,6 +3,7 @@ and PgBouncer's pools (clients waiting for a server, databases at their connecti
 """
 
 from exporter.checks.base import Context, human_seconds, level, percent, same
+from exporter.connections import APPLICATION_NAME
 from exporter.findings import Finding, Severity
 
 
@@ -71,10 +72,13 @@ def idle_in_transaction(ctx: Context) -> list[Finding]:
         if s.value <= 0:
             continue
         db = s["datname"]
+        # The exporter's own sessions pass through "idle in transaction" between the queries
+        # of one collector run; they are not what this finding is about.
         idle = [
             b
             for b in ctx.samples.all("pg_connections_backends", datname=db)
             if b["state"].startswith("idle in transaction")
+            and b["application_name"] != APPLICATION_NAME
         ]
         sessions = sum(b.value for b in idle)
         apps = ", ".join(sorted({b["application_name"] or "(none)" for b in idle})) or "unknown"
