@@ -3,6 +3,7 @@
 from types import TracebackType
 
 from exporter.config import Config
+from exporter.facts import ServerFacts
 from exporter.scheduler import Scheduler, run_all_once
 from exporter.selfmetrics import self_metrics
 from exporter.server import LandingPage, MetricsServer
@@ -60,16 +61,24 @@ class Exporter:
         self.stop()
 
 
-def collect_once(config: Config) -> bytes:
-    """Run every collector once against every target and return the exposition."""
+def run_once(config: Config) -> tuple[Store, dict[str, ServerFacts]]:
+    """Run every collector once against every target: the filled store, and the facts of each
+    target that answered."""
     store = Store(self_metrics=self_metrics)
     registry = TargetRegistry(store)
     try:
         for target in config.targets:
             registry.add(target)
-        # Data collected now stays valid for as long as the slowest collector's max age.
+        # Data collected now stays valid for as long as the slowest collector's max age, so
+        # nothing expires before the caller reads it.
         max_age = max(c.spec.interval for c in config.catalogue) * config.max_age_intervals
         run_all_once(registry, store, config.catalogue, max_age=max_age)
-        return store.snapshot().body
+        return store, {t.name: t.facts for t in registry if t.facts is not None}
     finally:
         registry.close()
+
+
+def collect_once(config: Config) -> bytes:
+    """Run every collector once against every target and return the exposition."""
+    store, _ = run_once(config)
+    return store.snapshot().body

@@ -13,16 +13,14 @@ from typing import TextIO
 
 from psycopg.conninfo import conninfo_to_dict
 
+from exporter.app import run_once
 from exporter.checks import Context, Thresholds, judge
 from exporter.config import Config, ConfigError, TargetConfig
 from exporter.facts import ServerFacts
 from exporter.findings import Finding, Report, Severity, TargetInfo
 from exporter.reportformat import render
 from exporter.samples import Samples
-from exporter.scheduler import run_all_once
-from exporter.selfmetrics import self_metrics
-from exporter.store import Store, TargetStatus
-from exporter.targets import TargetRegistry
+from exporter.store import TargetStatus
 
 # Collector params that act as the report's thresholds, listed with the report's own.
 _COLLECTOR_THRESHOLDS = {
@@ -50,18 +48,8 @@ def select_target(config: Config, name: str | None) -> Config:
 
 def collect(config: Config) -> tuple[Samples, dict[str, TargetStatus], dict[str, ServerFacts]]:
     """Run every collector once against every target: samples, statuses and server facts."""
-    store = Store(self_metrics=self_metrics)
-    registry = TargetRegistry(store)
-    try:
-        for target in config.targets:
-            registry.add(target)
-        # Nothing may expire before it is read back, however slow the slowest collector was.
-        max_age = max(c.spec.interval for c in config.catalogue) * config.max_age_intervals
-        run_all_once(registry, store, config.catalogue, max_age=max_age)
-        facts = {t.name: t.facts for t in registry if t.facts is not None}
-        return Samples.parse(store.snapshot().body.decode()), store.targets(), facts
-    finally:
-        registry.close()
+    store, facts = run_once(config)
+    return Samples.parse(store.snapshot().body.decode()), store.targets(), facts
 
 
 def build_report(
