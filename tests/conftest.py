@@ -3,6 +3,7 @@
 import gzip
 import os
 import shutil
+import socket
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -42,6 +43,14 @@ def wait_for(
         pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
     finally:
         timer.cancel()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (another process may take it first;
+    the servers the tests start retry with a new one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def tool(name: str, package: str) -> str:

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -11,13 +10,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from conftest import REPO, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from conftest import REPO, free_port, wait_for
 
 
 class Daemon:

@@ -18,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any, Self
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from conftest import free_port
 from exporter.embedded import LocalPostgres
 
 ADMIN_USER = "postgres"
@@ -52,13 +52,6 @@ def pgbouncer_binary() -> str | None:
     return shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _run_as() -> tuple[int, int] | None:
@@ -114,7 +107,7 @@ class LocalPgBouncer:
         self.postgres = postgres
         self.databases = dict(databases)
         self.settings = dict(settings or {})
-        self.port = _free_port()
+        self.port = free_port()
         self._run_as = _run_as()
         self.directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
         if self._run_as is not None:
@@ -153,7 +146,7 @@ class LocalPgBouncer:
             except PgBouncerError as exc:
                 if "in use" not in str(exc) or attempt == _PORT_RETRIES:
                     raise
-                self.port = _free_port()  # taken before PgBouncer bound it
+                self.port = free_port()  # taken before PgBouncer bound it
             else:
                 return
 

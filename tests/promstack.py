@@ -13,7 +13,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,6 +28,8 @@ from typing import Any, Self
 
 import yaml
 
+from conftest import free_port
+
 _START_TIMEOUT_SECONDS = 60.0
 
 
@@ -42,13 +43,6 @@ def find_binary(*candidates: str) -> str | None:
         if found:
             return found
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_get_json(url: str, *, timeout: float = 5.0) -> Any:

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import yaml
 
-from conftest import REPO, tool, wait_for
+from conftest import REPO, free_port, tool, wait_for
 from exporter.config import ConfigError, load_config
 from exporter.embedded import LocalPostgres
 
@@ -265,12 +265,6 @@ def test_alertmanager_delivers_to_the_webhook_service(compose: dict[str, Any]) -
     assert urls == ["http://webhook:8080/alerts"]
     webhook = service(compose, "webhook")
     assert mount_source(webhook, "/webhook") == REPO / "deploy" / "webhook"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

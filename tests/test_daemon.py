@@ -2,8 +2,6 @@
 
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -17,6 +15,7 @@ from conftest import (
     collector_states,
     enabled_postgres_collectors,
     exporter_config,
+    free_port,
     names,
     parse_exposition,
     scrape,
@@ -24,6 +23,7 @@ from conftest import (
     value,
     wait_for,
 )
+from daemon import Daemon
 from exporter.app import Exporter
 from exporter.config import Config
 from exporter.embedded import LocalPostgres
@@ -183,12 +183,6 @@ def test_database_down_at_start(private_postgres: LocalPostgres, run_exporter: R
     wait_for(lambda: collectors_ok(port, "database"), timeout=20, what="collection starts")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _exporter_sessions(postgres: LocalPostgres) -> int:
     with psycopg.connect(postgres.dsn()) as conn:
         row = conn.execute(
@@ -203,37 +197,16 @@ def test_sigterm_shuts_down_cleanly(private_postgres: LocalPostgres, tmp_path: P
     config.write_text(
         f"up_interval: 1s\ntargets:\n  - name: pg\n    dsn: '{private_postgres.dsn()}'\n"
     )
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with Daemon(config) as daemon:
 
         def up() -> bool:
-            try:
-                return value(scrape(port, timeout=2), "pg_up", target="pg") == 1
-            except OSError:
-                return False
+            body = daemon.get(timeout=2)
+            return body is not None and value(parse_exposition(body), "pg_up", target="pg") == 1
 
         wait_for(up, what="exporter up")
         assert _exporter_sessions(private_postgres) >= 1
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-    stderr = process.stderr.read() if process.stderr else ""
-    assert 'msg="shutting down"' in stderr
+        assert daemon.stop() == 0  # SIGTERM
+    assert daemon.lines_with('msg="shutting down"')
     wait_for(lambda: _exporter_sessions(private_postgres) == 0, what="sessions closed")
 
 
@@ -244,7 +217,7 @@ def test_once_prints_exposition_even_when_target_is_down(
     config.write_text(
         "targets:\n"
         f"  - name: up\n    dsn: '{postgres.dsn()}'\n"
-        f"  - name: down\n    dsn: 'host=127.0.0.1 port={_free_port()} user=x'\n"
+        f"  - name: down\n    dsn: 'host=127.0.0.1 port={free_port()} user=x'\n"
         "    connect_timeout: 1s\n"
     )
     result = subprocess.run(

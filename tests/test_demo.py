@@ -3,7 +3,6 @@ problem is visible in /metrics and in the short report, and Ctrl-C removes every
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -11,17 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Samples, scrape, value, wait_for
+from conftest import Samples, free_port, scrape, value, wait_for
 from exporter.demo import DATABASE, IDLE_CONNECTIONS, TARGET
 from exporter.workload import Planted
 
 pytestmark = pytest.mark.any_major
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _flagged(samples: Samples, metric: str, **labels: str) -> bool:
@@ -34,7 +27,7 @@ def _sum(samples: Samples, metric: str, **labels: str) -> float:
 
 
 def test_demo_plants_every_problem_and_cleans_up() -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "demo", "--web.listen-address", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,

@@ -12,12 +12,12 @@ from contextlib import ExitStack, contextmanager
 
 import psycopg
 import pytest
-from tcpproxy import StallingProxy
 
 from conftest import exporter_config, parse_exposition, scrape, value, wait_for
 from exporter.app import Exporter, collect_once
 from exporter.config import Config
 from exporter.embedded import LocalPostgres
+from tcpproxy import StallingProxy
 
 RunExporter = Callable[[Config], Exporter]
 ROLE = "fault_monitor"

@@ -7,9 +7,9 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from daemon import Daemon
 
 from conftest import Samples, exporter_config, parse_exposition, scrape, value, wait_for
+from daemon import Daemon
 from exporter.app import Exporter
 from exporter.basicauth import BasicAuth
 from exporter.catalogue import builtin_specs

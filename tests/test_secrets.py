@@ -11,9 +11,9 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import yaml
-from daemon import Daemon, free_port
 
-from conftest import REPO, parse_exposition, value, wait_for
+from conftest import REPO, free_port, parse_exposition, value, wait_for
+from daemon import Daemon
 from exporter.config import parse_config
 from exporter.embedded import LocalPostgres
 from exporter.secretfiles import exposed_secret_files

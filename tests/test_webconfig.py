@@ -12,8 +12,8 @@ from typing import Any
 import bcrypt
 import pytest
 import yaml
-from certs import Authority, Issued
 
+from certs import Authority, Issued
 from conftest import exporter_config, parse_exposition, value, wait_for
 from exporter.app import Exporter
 from exporter.basicauth import BasicAuth
