@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python dashboards/build.py --check
 
 format: $(STAMP)

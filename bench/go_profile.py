@@ -50,7 +50,7 @@ from bench.gobench import (
     wait_ready,
 )
 from exporter.config import load_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 EXPLAINED = ("statements", "statement_text", "tables", "indexes")
 TOP = 14

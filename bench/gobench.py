@@ -71,7 +71,7 @@ from bench.common import (
 from bench.serve_bench import scrape
 from exporter import __version__ as ours_version
 from exporter.config import load_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 START_MARKER = "<!-- go-bench:start -->"
 END_MARKER = "<!-- go-bench:end -->"

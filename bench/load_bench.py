@@ -55,7 +55,7 @@ from bench.common import (
     write_marked_section,
 )
 from exporter.catalogue import builtin_specs
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 from exporter.units import parse_duration
 
 START_MARKER = "<!-- load-bench:start -->"

@@ -2,7 +2,7 @@
 
 Fills a real `Store` (with the real self-metrics) the way the scheduler's jobs do: metric
 families with realistic labels, one part per (target, collector[, database]), rendered with
-`exporter.render.render` and `store.put`. Serves it with the real `MetricsServer` on
+`exporter.exposition.render.render` and `Store.publish`. Serves it with the real `MetricsServer` on
 127.0.0.1 (port 0) and scrapes it from this process over http.client, a new connection per
 request, plain and with `Accept-Encoding: gzip`.
 
@@ -40,10 +40,12 @@ from typing import TypeVar
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bench.common import BENCHMARKS_MD, REPO, machine, memory_kib, write_marked_section
-from exporter.render import RenderedFamily, render
-from exporter.selfmetrics import self_metrics
-from exporter.server import LandingPage, MetricsServer
-from exporter.store import CollectorStatus, PartKey, Store
+from exporter.exposition.render import RenderedFamily, render
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import PartKey, Store
+from exporter.status import CollectorStatus, Reachability, State
+from exporter.web.html import LandingPage
+from exporter.web.server import MetricsServer
 
 START_MARKER = "<!-- serve-bench:start -->"
 END_MARKER = "<!-- serve-bench:end -->"
@@ -376,31 +378,32 @@ def measure(series: int, requests: int, rounds: int) -> Result:
     store = Store(self_metrics=self_metrics)
     render_seconds = 0.0
     families = 0
-    parts: dict[PartKey, tuple[RenderedFamily, ...]] = {}
+    # One collector run publishes the parts of every database it visited, at once.
+    runs: dict[tuple[str, str], dict[str, tuple[RenderedFamily, ...]]] = {}
     for key, metrics in workload(series):
         started = time.perf_counter()
         rendered = render(metrics)
         render_seconds += time.perf_counter() - started
         families += len(rendered)
-        store.put(key, rendered, MAX_AGE)
-        parts[key] = rendered
+        runs.setdefault((key.target, key.collector), {})[key.database] = rendered
     for target in TARGETS:
-        store.set_target(target, up=True, server_version="17.2")
-    for key, rendered in parts.items():
+        store.publish_target(target, Reachability(up=True, server_version="17.2", seq=1))
+    for (target, collector), parts in runs.items():
         status = CollectorStatus(
-            state="ok",
+            state=State.OK,
             last_success=time.time(),
             last_duration=0.05,
-            series=sum(f.series for f in rendered),
+            series=sum(f.series for part in parts.values() for f in part),
         )
-        store.set_collector(key.target, key.collector, status)
+        store.publish(target, collector, parts, status, max_age=MAX_AGE)
     memory_filled = memory_kib()
 
     # A fast collector's refresh: what invalidates the cached snapshot between scrapes.
-    refreshed = PartKey(TARGETS[0], "connections")
+    refreshed = (TARGETS[0], "connections")
+    refreshed_status = CollectorStatus(state=State.OK, last_success=time.time(), series=1)
 
     def change() -> None:
-        store.put(refreshed, parts[refreshed], MAX_AGE)
+        store.publish(*refreshed, runs[refreshed], refreshed_status, max_age=MAX_AGE)
 
     landing = LandingPage(target_dsns={t: f"host=db.example port=5432 dbname={t}" for t in TARGETS})
     server = MetricsServer(store, landing, "127.0.0.1:0")
@@ -556,8 +559,8 @@ benchmark script with `--write`; the text between a section's markers is generat
 A real `Store` (with the real self-metrics) is filled with 10,000 and 100,000 series the way
 the jobs fill it: metric families with the labels the collectors use (`target`, `datname`,
 `schemaname`, `relname`, `indexrelname`, `queryid`, ...), one part per (target, collector
-[, database]), rendered with `exporter.render.render` and `put` into the store. The real
-`MetricsServer` serves it on 127.0.0.1; the benchmark scrapes it from the same process with
+[, database]), rendered with `exporter.exposition.render.render` and published to the store.
+The real `MetricsServer` serves it on 127.0.0.1; the benchmark scrapes it from the same process with
 http.client (a new connection per request), plain and with `Accept-Encoding: gzip`.
 Goal: `/metrics` p50 under 10 ms at 100,000 series served from the store.
 

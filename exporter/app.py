@@ -1,15 +1,34 @@
-"""Wiring: config to registry, scheduler, store and HTTP server, started and stopped as one."""
+"""Wiring: config to registry, scheduler, store and HTTP server, started, changed and stopped
+as one. `apply` is how a reloaded configuration (SIGHUP) reaches the running exporter."""
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
-from exporter.config import Config
-from exporter.facts import ServerFacts
-from exporter.scheduler import Scheduler, run_all_once
-from exporter.selfmetrics import self_metrics
-from exporter.server import LandingPage, MetricsServer
-from exporter.store import Store
+from exporter.collection import Scheduler
+from exporter.config import Config, TargetConfig
+from exporter.errors import ConfigError
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import Store
+from exporter.logs import add_secrets
 from exporter.targets import TargetRegistry
-from exporter.webconfig import OPEN, WebSecurity
+from exporter.web.config import OPEN, WebSecurity
+from exporter.web.html import LandingPage
+from exporter.web.server import MetricsServer
+
+log = logging.getLogger(__name__)
+
+# Reads and validates config.yaml and the web config file, as at start-up.
+Loader = Callable[[], tuple[Config, WebSecurity]]
+
+
+@dataclass(frozen=True)
+class Changes:
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    collectors_dropped: tuple[str, ...]
 
 
 class Exporter:
@@ -20,33 +39,104 @@ class Exporter:
     ) -> None:
         self.config = config
         self.store = Store(self_metrics=self_metrics)
-        self.registry = TargetRegistry(self.store)
+        self.registry = TargetRegistry()
         # Jobs beyond the connection cap would only wait for a connection; a few extra threads
         # keep one target's slow collector from starving another target.
         workers = max(4, sum(t.max_connections for t in config.targets) + 2)
         self.scheduler = Scheduler(
-            self.registry,
             self.store,
             config.catalogue,
             up_interval=config.up_interval,
             max_age_intervals=config.max_age_intervals,
             max_workers=workers,
         )
-        landing = LandingPage(target_dsns={t.name: t.safe_dsn() for t in config.targets})
         self.server = MetricsServer(
-            self.store, landing, listen_address or config.listen_address, web=web
+            self.store, _landing(config), listen_address or config.listen_address, web=web
         )
 
     def start(self) -> None:
-        for target in self.config.targets:
-            self.registry.add(target)
         self.scheduler.start()
+        for target in self.config.targets:
+            self._add_target(target)
         self.server.start()
 
     def stop(self) -> None:
         self.server.shutdown()
         self.scheduler.shutdown()
         self.registry.close()
+
+    def _add_target(self, config: TargetConfig) -> None:
+        target = self.registry.add(config)
+        self.store.publish_target(target.name, target.reach)  # "connecting", until probed
+        self.scheduler.add_target(target)
+
+    def _remove_target(self, name: str) -> None:
+        self.scheduler.remove_target(name)  # first, so no new run starts on a closing pool
+        self.registry.remove(name)  # closes its connections
+        self.store.forget(name)
+
+    def reload(self, load: Loader) -> bool:
+        """Re-read the configuration and apply it; on any problem keep the running one."""
+        try:
+            config, web = load()
+        except ConfigError as exc:
+            log.error(
+                "config reload failed, keeping the running config",
+                extra={"problems": "; ".join(exc.problems)},
+            )
+            return False
+        try:
+            changes = self.apply(config, web)
+        except Exception:  # a defect must not take the daemon down with it
+            log.exception("config reload failed while applying it")
+            return False
+        log.info(
+            "config reloaded",
+            extra={
+                "added": ",".join(changes.added),
+                "changed": ",".join(changes.changed),
+                "removed": ",".join(changes.removed),
+                "collectors_dropped": ",".join(changes.collectors_dropped),
+            },
+        )
+        return True
+
+    def apply(self, config: Config, web: WebSecurity) -> Changes:
+        """Make the running exporter match `config` and `web`, validated in full beforehand.
+
+        A target whose settings did not change keeps its pool, its facts and its data; one
+        that changed is closed and opened anew (it may be another server now, or another
+        role); added and removed targets come and go.
+        """
+        add_secrets([s for t in config.targets for s in t.secrets()])
+        old = {t.name: t for t in self.config.targets}
+        new = {t.name: t for t in config.targets}
+        removed = sorted(old.keys() - new.keys())
+        added = sorted(new.keys() - old.keys())
+        changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+
+        for name in removed + changed:
+            self._remove_target(name)
+        dropped = self.scheduler.set_collectors(
+            config.catalogue,
+            up_interval=config.up_interval,
+            max_age_intervals=config.max_age_intervals,
+        )
+        for target in self.registry:
+            for collector in dropped:
+                self.store.forget(target.name, collector)
+        for name in added + changed:
+            self._add_target(new[name])
+
+        self.server.set_landing(_landing(config))
+        self.server.set_web(web)
+        if config.listen_address != self.config.listen_address:
+            log.warning(
+                "listen_address changes need a restart",
+                extra={"running": self.config.listen_address, "new": config.listen_address},
+            )
+        self.config = config
+        return Changes(tuple(added), tuple(changed), tuple(removed), tuple(sorted(dropped)))
 
     def __enter__(self) -> "Exporter":
         self.start()
@@ -61,24 +151,5 @@ class Exporter:
         self.stop()
 
 
-def run_once(config: Config) -> tuple[Store, dict[str, ServerFacts]]:
-    """Run every collector once against every target: the filled store, and the facts of each
-    target that answered."""
-    store = Store(self_metrics=self_metrics)
-    registry = TargetRegistry(store)
-    try:
-        for target in config.targets:
-            registry.add(target)
-        # Data collected now stays valid for as long as the slowest collector's max age, so
-        # nothing expires before the caller reads it.
-        max_age = max(c.spec.interval for c in config.catalogue) * config.max_age_intervals
-        run_all_once(registry, store, config.catalogue, max_age=max_age)
-        return store, {t.name: t.facts for t in registry if t.facts is not None}
-    finally:
-        registry.close()
-
-
-def collect_once(config: Config) -> bytes:
-    """Run every collector once against every target and return the exposition."""
-    store, _ = run_once(config)
-    return store.snapshot().body
+def _landing(config: Config) -> LandingPage:
+    return LandingPage(target_dsns={t.name: t.safe_dsn() for t in config.targets})

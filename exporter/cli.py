@@ -15,24 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter import __version__
-from exporter.app import Exporter, collect_once
+from exporter.app import Exporter
 from exporter.catalogue import CollectorSpec, builtin_specs
+from exporter.collection import run_once
 from exporter.config import (
     DEFAULT_LISTEN_ADDRESS,
     Config,
-    ConfigError,
     config_from_environment,
     load_config,
 )
-from exporter.demo import run_demo
+from exporter.errors import ConfigError
 from exporter.logs import setup
-from exporter.reload import reload
-from exporter.report import run_report
-from exporter.reportformat import FORMATS, use_colour
 from exporter.secretfiles import exposed_secret_files
 from exporter.signals import wait_for_signal
 from exporter.units import parse_listen_address
-from exporter.webconfig import OPEN, WebSecurity, load_web_config
+from exporter.web.config import OPEN, WebSecurity, load_web_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -69,6 +66,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
             "--data-dir", type=Path, help="keep the demo database here (default: a temporary dir)"
         )
     if command == "report":
+        from exporter.report.format import FORMATS  # noqa: PLC0415 (the daemon does without)
+
         parser.add_argument("--target", help="report on this target only (default: all)")
         parser.add_argument("--format", choices=FORMATS, default="text", help="default: text")
     parser.add_argument(
@@ -150,7 +149,6 @@ def _secrets(config: Config) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     config = _load(args)
     if args.listen_address:
         try:
@@ -174,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
             "targets": ",".join(t.name for t in config.targets),
         },
     )
-    wait_for_signal(on_hangup=lambda: reload(exporter, lambda: _reloaded(args)))
+    wait_for_signal(on_hangup=lambda: exporter.reload(lambda: _reloaded(args)))
     log.info("shutting down")
     exporter.stop()
     return EXIT_OK
@@ -190,15 +188,18 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _once(args: argparse.Namespace) -> int:
-
     config = _load(args)
     setup(args.log_level, args.log_format, _secrets(config))
-    sys.stdout.buffer.write(collect_once(config))
+    sys.stdout.buffer.write(run_once(config).body)
     sys.stdout.flush()
     return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
+    # Imported here: the daemon never loads the report's modules.
+    from exporter.report.build import run_report  # noqa: PLC0415
+    from exporter.report.format import use_colour  # noqa: PLC0415
+
     config = _load(args)
     setup(args.log_level, args.log_format, _secrets(config))
     return run_report(
@@ -211,6 +212,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # Imported here: the daemon never loads the demo, its workload or embedded PostgreSQL.
+    from exporter.demo.demo import run_demo  # noqa: PLC0415
 
     setup(args.log_level, args.log_format)
     return run_demo(listen_address=args.listen_address or "127.0.0.1:9188", data_dir=args.data_dir)

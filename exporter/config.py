@@ -6,6 +6,7 @@ message ever repeats a password: DSNs are checked without echoing them.
 
 import os
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,35 +18,17 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from exporter.catalogue import (
-    NAME_PATTERN,
-    Collector,
-    CollectorOverride,
-    CollectorSpec,
-    apply_override,
-    builtin_specs,
-    check_metric_names,
-    family_names,
-)
-from exporter.sqlcheck import sql_problems
+from exporter.catalogue import Collector, resolve
+from exporter.errors import ConfigError, validation_problems
 from exporter.units import Duration, parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = ":9188"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; `problems` lists each as `path.to.key: message`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 class DatabaseFilter(BaseModel):
@@ -109,26 +92,29 @@ class TargetConfig(BaseModel):
                 raise ValueError(f"port {port!r} is not a number")
         return dsn
 
+    @cached_property
+    def dsn_params(self) -> dict[str, Any]:
+        """The DSN's libpq keywords (password included), parsed once: validated above."""
+        return conninfo_to_dict(self.dsn.get_secret_value())
+
     def conninfo(self, dbname: str | None = None) -> str:
         """The full connection string, secret included: only for handing to libpq."""
-        extra: dict[str, Any] = {}
+        params = dict(self.dsn_params)
         if self.password is not None:
-            extra["password"] = self.password.get_secret_value()
+            params["password"] = self.password.get_secret_value()
         if dbname is not None:
-            extra["dbname"] = dbname
-        return make_conninfo(self.dsn.get_secret_value(), **extra)
+            params["dbname"] = dbname
+        return make_conninfo("", **params)
 
     def secrets(self) -> list[str]:
         """Every password this target knows, so messages can be scrubbed of them."""
         found = [self.password.get_secret_value()] if self.password is not None else []
-        params = conninfo_to_dict(self.dsn.get_secret_value())
-        found += [str(v) for k, v in params.items() if _is_secret(k) and v]
+        found += [str(v) for k, v in self.dsn_params.items() if _is_secret(k) and v]
         return [s for s in found if s]
 
     def safe_dsn(self) -> str:
         """The DSN without its secrets (password, sslpassword), for logs and the landing page."""
-        params = conninfo_to_dict(self.dsn.get_secret_value())
-        return make_conninfo("", **{k: v for k, v in params.items() if not _is_secret(k)})
+        return make_conninfo("", **{k: v for k, v in self.dsn_params.items() if not _is_secret(k)})
 
 
 def _is_secret(keyword: str) -> bool:
@@ -174,16 +160,6 @@ class Config(BaseModel):
         return next(c for c in self.catalogue if c.name == name)
 
 
-def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
-    """pydantic's errors as `path.to.key: message`; `prefix` (ending in a dot) places them."""
-    problems = []
-    for item in error.errors():
-        where = prefix + ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{where.rstrip('.') or '(top level)'}: {message}")
-    return problems
-
-
 def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
     """Replace `${VAR}` in every string with the environment variable's value."""
     if isinstance(node, dict):
@@ -224,57 +200,6 @@ def _read_password_files(config: Config, problems: list[str]) -> Config:
     return config.model_copy(update={"targets": tuple(targets)})
 
 
-def _resolve_collectors(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
-    """Built-ins with their overrides applied, then the user's own collectors."""
-    problems: list[str] = []
-    builtins = builtin_specs()
-    collectors: list[Collector] = []
-    for name, spec in builtins.items():
-        try:
-            if name in raw:
-                override = TypeAdapter(CollectorOverride).validate_python(raw[name] or {})
-                spec = apply_override(spec, override)  # noqa: PLW2901 (the overridden spec)
-            collectors.append(Collector(name=name, spec=spec, builtin=True))
-        except ValidationError as exc:
-            problems.extend(validation_problems(exc, f"collectors.{name}."))
-        except ValueError as exc:
-            problems.append(f"collectors.{name}.{exc}")
-    for name, body in raw.items():
-        if name in builtins:
-            continue
-        if not re.match(NAME_PATTERN, name):
-            problems.append(f"collectors.{name}: names are lower_snake_case")
-            continue
-        try:
-            spec = TypeAdapter(CollectorSpec).validate_python(body)
-        except ValidationError as exc:
-            problems.extend(validation_problems(exc, f"collectors.{name}."))
-            continue
-        collectors.append(Collector(name=name, spec=spec, builtin=False))
-    for collector in collectors:
-        problems.extend(f"collectors.{collector.name}.{p}" for p in check_metric_names(collector))
-        problems.extend(f"collectors.{collector.name}.{p}" for p in sql_problems(collector))
-    problems.extend(_name_clashes(collectors))
-    return collectors, problems
-
-
-def _name_clashes(collectors: list[Collector]) -> list[str]:
-    """Metric names one collector would publish over another's, or over the exporter's own."""
-    problems = []
-    owner: dict[str, str] = {}
-    for collector in collectors:
-        for family in sorted(family_names(collector)):
-            if family == "pg_up" or family.startswith("pg_exporter_"):
-                problems.append(f"collectors.{collector.name}: {family!r} is the exporter's own")
-            elif family in owner:
-                problems.append(
-                    f"collectors.{collector.name}: {family!r} is already published by "
-                    f"collector {owner[family]!r}"
-                )
-            owner.setdefault(family, collector.name)
-    return problems
-
-
 def parse_config(raw: Any) -> Config:
     """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
     if raw is None:
@@ -289,7 +214,7 @@ def parse_config(raw: Any) -> Config:
     except ValidationError as exc:
         problems.extend(validation_problems(exc))
     raw_collectors = raw.get("collectors")
-    collectors, collector_problems = _resolve_collectors(
+    collectors, collector_problems = resolve(
         raw_collectors if isinstance(raw_collectors, dict) else {}
     )
     problems.extend(collector_problems)
@@ -298,19 +223,23 @@ def parse_config(raw: Any) -> Config:
     return config.model_copy(update={"catalogue": tuple(collectors)})
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a config file."""
+def read_yaml(path: Path) -> Any:
+    """A YAML file's document; ConfigError (with the line) when unreadable or not YAML."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_config(raw)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file."""
+    return parse_config(read_yaml(path))
 
 
 def config_from_environment() -> Config:

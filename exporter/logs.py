@@ -42,25 +42,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), default=str)
 
 
-class RedactingFilter(logging.Filter):
-    """Masks known secrets anywhere in a log line: the last line of defence for passwords."""
+class SecretMasker:
+    """Replaces known secrets in text with ****: for log lines and for error messages."""
 
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets if s]
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets or [])
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            record.msg = self._mask(record.getMessage())
-            record.args = None
-            for key, value in list(record.__dict__.items()):
-                if key not in _STANDARD and isinstance(value, str):
-                    setattr(record, key, self._mask(value))
-            if record.exc_info:  # an exception's message may quote what it failed on
-                record.exc_text = self._mask(logging.Formatter().formatException(record.exc_info))
-        return True
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
 
-    def _mask(self, text: str) -> str:
+    def mask(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "****")
         return text
@@ -72,12 +64,32 @@ class RedactingFilter(logging.Filter):
         self._secrets = sorted(known, key=len, reverse=True)
 
 
+class RedactingFilter(logging.Filter):
+    """Masks known secrets anywhere in a log line: the last line of defence for passwords."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.masker = SecretMasker(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.masker:
+            mask = self.masker.mask
+            record.msg = mask(record.getMessage())
+            record.args = None
+            for key, value in list(record.__dict__.items()):
+                if key not in _STANDARD and isinstance(value, str):
+                    setattr(record, key, mask(value))
+            if record.exc_info:  # an exception's message may quote what it failed on
+                record.exc_text = mask(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
 def add_secrets(secrets: list[str]) -> None:
     """Mask these too from now on (a reloaded config's passwords)."""
     for handler in logging.getLogger().handlers:
         for found in handler.filters:
             if isinstance(found, RedactingFilter):
-                found.add(secrets)
+                found.masker.add(secrets)
 
 
 def setup(level: str, fmt: str, secrets: list[str] | None = None) -> None:

@@ -7,13 +7,13 @@ import re
 import sys
 
 from exporter.catalogue import Branch, Collector, Query, Usage, builtin_specs
-from exporter.selfmetrics import POOL_STATS, self_metrics
-from exporter.store import CollectorStatus, TargetStatus
+from exporter.exposition.selfmetrics import POOL_STATS, self_metrics
+from exporter.status import CollectorStatus, State, TargetStatus
 from exporter.units import format_duration
 
 _HEADER = """# Metrics
 
-Generated from the collector catalogue (`exporter/collectors/*.yaml`) by
+Generated from the collector catalogue (`exporter/catalogue/builtin/*.yaml`) by
 `python -m exporter.metricsdoc`; a test fails when this file is out of date. Do not edit by
 hand.
 
@@ -128,7 +128,7 @@ def _limit_note(collector: Collector) -> str:
 def _self_section() -> list[str]:
     example = {
         "<target>": TargetStatus(
-            collectors={"<collector>": CollectorStatus(state="ok", last_success=0.0)},
+            collectors={"<collector>": CollectorStatus(state=State.OK, last_success=0.0)},
             pool={key: 0 for key in POOL_STATS},
         )
     }

@@ -9,10 +9,10 @@ import stat
 from pathlib import Path
 
 import psycopg
-import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from exporter.config import Config
+from exporter.config import Config, read_yaml
+from exporter.errors import ConfigError
 
 _OTHERS_MAY_READ = stat.S_IRGRP | stat.S_IROTH
 _ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
@@ -32,8 +32,8 @@ def exposed_secret_files(config: Config, config_path: Path | None) -> list[tuple
 def _holds_secret(path: Path) -> bool:
     """Whether the file as written (before `${ENV}` is filled in) carries a password."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        raw = read_yaml(path)
+    except ConfigError:
         return False
     targets = raw.get("targets") if isinstance(raw, dict) else None
     for target in targets if isinstance(targets, list) else []:

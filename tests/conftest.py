@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import Exporter
 from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 from exporter.units import parse_duration
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,7 +31,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from conftest import free_port
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 ADMIN_USER = "postgres"
 STATS_USER = "monitor"

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 from conftest import Samples, exporter_config, parse_exposition, value, wait_for
-from exporter.app import collect_once
-from exporter.embedded import LocalPostgres
+from exporter.collection import run_once
+from exporter.demo.embedded import LocalPostgres
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def failing_archiver() -> Iterator[LocalPostgres]:
 
 
 def collect(server: LocalPostgres) -> Samples:
-    return parse_exposition(collect_once(exporter_config(server.dsn())).decode())
+    return parse_exposition(run_once(exporter_config(server.dsn())).body.decode())
 
 
 def test_archiving_off_by_default(postgres: LocalPostgres) -> None:

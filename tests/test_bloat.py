@@ -8,10 +8,10 @@ import psycopg
 import pytest
 
 from conftest import Samples, parse_exposition, value, wait_for
-from exporter.app import collect_once
 from exporter.catalogue import builtin_specs
+from exporter.collection import run_once
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 # Above every system catalog of a fresh database (pg_proc is under 1 MiB on 13-18), so the
 # counts below are about the tables each test plants.
@@ -38,7 +38,7 @@ def collect(dsn: str, database: str, collector: str, **params: object) -> Sample
             "collectors": collectors,
         }
     )
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     assert value(samples, "pg_exporter_collector_up", collector=collector) == 1, samples
     return samples
 

@@ -18,9 +18,9 @@ from conftest import (
     value,
     wait_for,
 )
-from exporter.app import collect_once
+from exporter.collection import run_once
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_database_statistics(postgres: LocalPostgres) -> None:
 
     def collected() -> Samples | None:
         # Before PostgreSQL 15 the statistics collector receives counts asynchronously.
-        samples = parse_exposition(collect_once(exporter_config(postgres.dsn())).decode())
+        samples = parse_exposition(run_once(exporter_config(postgres.dsn())).body.decode())
         commits = value(samples, "pg_database_xact_commit_total", datname="stats_check")
         return samples if commits is not None and commits >= 5 else None
 
@@ -62,7 +62,7 @@ def test_database_statistics(postgres: LocalPostgres) -> None:
 
 
 def test_connections_by_state(postgres: LocalPostgres, idle_in_transaction: None) -> None:
-    samples = parse_exposition(collect_once(exporter_config(postgres.dsn())).decode())
+    samples = parse_exposition(run_once(exporter_config(postgres.dsn())).body.decode())
     # By application_name: the exporter's own sessions may be between two queries of a
     # collector run, idle in transaction for a moment, when the snapshot is taken.
     idle_tx = value(
@@ -81,7 +81,7 @@ def test_connections_by_state(postgres: LocalPostgres, idle_in_transaction: None
 
 
 def test_every_collector_runs_without_error(postgres: LocalPostgres) -> None:
-    samples = parse_exposition(collect_once(exporter_config(postgres.dsn())).decode())
+    samples = parse_exposition(run_once(exporter_config(postgres.dsn())).body.decode())
     assert value(samples, "pg_up", target="pg") == 1
     states = collector_states(samples)
     assert set(states) == enabled_postgres_collectors()
@@ -110,7 +110,7 @@ def test_exporter_sessions_are_read_only_and_named(postgres: LocalPostgres) -> N
         "timeout": "3s",
     }
     config = exporter_config(postgres.dsn(), collectors={"session_probe": probe})
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     assert value(samples, "pg_session_probe_read_only") == 1
     assert (
         value(
@@ -138,7 +138,7 @@ def test_custom_collector_cannot_write(postgres: LocalPostgres) -> None:
         ],
     }
     config = exporter_config(postgres.dsn(), collectors={"writer": writer})
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     assert value(samples, "pg_exporter_collector_up", collector="writer") == 0
     assert value(samples, "pg_exporter_collector_errors_total", collector="writer") == 1
     assert "pg_writer_n" not in names(samples)
@@ -155,7 +155,7 @@ def test_collector_unavailable_when_extension_missing(postgres: LocalPostgres) -
         "queries": [{"sql": "SELECT 1 AS x", "metrics": {"x": "gauge"}}],
     }
     config = exporter_config(postgres.dsn(), collectors={"needs_ext": needs})
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     reasons = [
         dict(labels)["reason"]
         for (name, labels), v in samples.items()
@@ -190,7 +190,7 @@ def test_prisma_example_from_config_yaml(postgres: LocalPostgres) -> None:
     config = parse_config(
         {"targets": [{"name": "pg", "dsn": postgres.dsn()}], "collectors": collectors}
     )
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     assert value(samples, "pg_prisma_migrations_failed", datname="prisma_app") == 1
     assert value(samples, "pg_prisma_migrations_pending", datname="prisma_app") == 1
     assert value(samples, "pg_prisma_migrations_last_finished_timestamp_seconds") is not None
@@ -214,7 +214,7 @@ def test_per_database_collector_visits_each_database(postgres: LocalPostgres) ->
         ],
     }
     config = exporter_config(postgres.dsn(), collectors={"where": where})
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     found = {
         (dict(labels)["datname"], dict(labels)["db"])
         for (name, labels), _ in samples.items()

@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from conftest import REPO, free_port, tool, wait_for
-from exporter.config import ConfigError, load_config
-from exporter.embedded import LocalPostgres
+from exporter.config import load_config
+from exporter.demo.embedded import LocalPostgres
+from exporter.errors import ConfigError
 
 # The stack runs PostgreSQL 17 whatever major the suite runs on: checking it once is enough.
 pytestmark = pytest.mark.any_major

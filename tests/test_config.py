@@ -8,8 +8,9 @@ import yaml
 
 from conftest import REPO
 from exporter.cli import main
-from exporter.config import ConfigError, config_from_environment, load_config, parse_config
-from exporter.connections import session_options
+from exporter.config import config_from_environment, load_config, parse_config
+from exporter.errors import ConfigError
+from exporter.targets.sessions import session_options
 
 pytestmark = pytest.mark.any_major
 

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from conftest import Samples, exporter_config, parse_exposition, value, wait_for
-from exporter.collection import probe_target, run_collector
-from exporter.embedded import LocalPostgres
-from exporter.selfmetrics import self_metrics
-from exporter.store import Store
+from exporter.collection import CollectorJob, ProbeJob
+from exporter.demo.embedded import LocalPostgres
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import Store
 from exporter.targets import TargetRegistry
 
 
@@ -22,11 +22,11 @@ def collect(dsn: str, **override: Any) -> Samples:
     config = exporter_config(dsn, collectors=overrides)
     collector = next(c for c in config.catalogue if c.name == "connections")
     store = Store(self_metrics=self_metrics)
-    registry = TargetRegistry(store)
+    registry = TargetRegistry()
     try:
         target = registry.add(config.targets[0])
-        probe_target(target)
-        run_collector(target, collector, store, max_age=60)
+        ProbeJob(target, store)()
+        CollectorJob(target, collector, store, max_age=60)()
         samples = parse_exposition(store.snapshot().body.decode())
     finally:
         registry.close()

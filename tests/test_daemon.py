@@ -26,7 +26,7 @@ from conftest import (
 from daemon import Daemon
 from exporter.app import Exporter
 from exporter.config import Config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 RunExporter = Callable[[Config], Exporter]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Samples, free_port, scrape, value, wait_for
-from exporter.demo import DATABASE, IDLE_CONNECTIONS, TARGET
-from exporter.workload import Planted
+from exporter.demo.demo import DATABASE, IDLE_CONNECTIONS, TARGET
+from exporter.demo.workload import Planted
 
 pytestmark = pytest.mark.any_major
 

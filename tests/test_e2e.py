@@ -24,8 +24,8 @@ from conftest import REPO, names, parse_exposition, scrape_text, wait_for
 from exporter.app import Exporter
 from exporter.catalogue import builtin_specs
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
-from exporter.workload import Planted, Workload, plant_problems
+from exporter.demo.embedded import LocalPostgres
+from exporter.demo.workload import Planted, Workload, plant_problems
 from pgbouncer import LocalPgBouncer
 from promql import metric_names
 from promstack import LocalAlertmanager, LocalPrometheus, WebhookReceiver

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from exporter.embedded import LocalPostgres, StartError
+from exporter.demo.embedded import LocalPostgres, StartError
 
 
 @pytest.fixture(scope="module")

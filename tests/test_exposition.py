@@ -3,8 +3,8 @@
 import subprocess
 
 from conftest import exporter_config, tool
-from exporter.app import collect_once
-from exporter.embedded import LocalPostgres
+from exporter.collection import run_once
+from exporter.demo.embedded import LocalPostgres
 
 
 def test_once_output_passes_promtool_check_metrics(postgres: LocalPostgres) -> None:
@@ -13,7 +13,7 @@ def test_once_output_passes_promtool_check_metrics(postgres: LocalPostgres) -> N
         c.model_copy(update={"spec": c.spec.model_copy(update={"enabled": True})})
         for c in config.catalogue
     )
-    body = collect_once(config.model_copy(update={"catalogue": enabled}))
+    body = run_once(config.model_copy(update={"catalogue": enabled})).body
     result = subprocess.run(
         [tool("promtool", "prometheus"), "check", "metrics"],
         input=body,

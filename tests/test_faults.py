@@ -14,9 +14,10 @@ import psycopg
 import pytest
 
 from conftest import exporter_config, parse_exposition, scrape, value, wait_for
-from exporter.app import Exporter, collect_once
+from exporter.app import Exporter
+from exporter.collection import run_once
 from exporter.config import Config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 from tcpproxy import StallingProxy
 
 RunExporter = Callable[[Config], Exporter]
@@ -226,7 +227,7 @@ def test_custom_collector_with_broken_sql_is_reported(postgres: LocalPostgres) -
         "queries": [{"sql": "SELEC 1 AS x", "metrics": {"x": "gauge"}}],
     }
     samples = parse_exposition(
-        collect_once(exporter_config(postgres.dsn(), collectors={"typo": broken})).decode()
+        run_once(exporter_config(postgres.dsn(), collectors={"typo": broken})).body.decode()
     )
     assert value(samples, "pg_exporter_collector_up", collector="typo") == 0
     assert value(samples, "pg_exporter_collector_errors_total", collector="typo") == 1

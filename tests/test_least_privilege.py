@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 from conftest import Samples, exporter_config, parse_exposition
-from exporter.app import collect_once
-from exporter.embedded import LocalPostgres
+from exporter.collection import run_once
+from exporter.demo.embedded import LocalPostgres
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_every_collector_works_or_says_why(monitor_dsn: str) -> None:
         if c.spec.target_type == "postgres"
     )
     samples = parse_exposition(
-        collect_once(config.model_copy(update={"catalogue": enabled})).decode()
+        run_once(config.model_copy(update={"catalogue": enabled})).body.decode()
     )
     outcomes = collector_outcomes(samples)
     assert set(outcomes) == {c.name for c in enabled}

@@ -8,10 +8,10 @@ import psycopg
 import pytest
 
 from conftest import Samples, parse_exposition, value
-from exporter.app import collect_once
 from exporter.catalogue import builtin_specs
+from exporter.collection import run_once
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 WRAPAROUND = 2**31
 XIDS = 25  # transaction IDs consumed after a holder took its snapshot
@@ -26,7 +26,7 @@ def collect(dsn: str, collector: str) -> Samples:
     config = parse_config(
         {"targets": [{"name": "pg", "dsn": dsn, "connect_timeout": "5s"}], "collectors": collectors}
     )
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     assert value(samples, "pg_exporter_collector_up", collector=collector) == 1, samples
     return samples
 

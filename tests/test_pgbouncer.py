@@ -15,10 +15,11 @@ import psycopg
 import pytest
 
 from conftest import Samples, parse_exposition, scrape, value, wait_for
-from exporter.app import Exporter, collect_once
+from exporter.app import Exporter
 from exporter.catalogue import CollectorSpec, builtin_specs
+from exporter.collection import run_once
 from exporter.config import Config, parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 from pgbouncer import ADMIN_USER, LocalPgBouncer
 
 PGBOUNCER_COLLECTORS = ("pgbouncer_pools", "pgbouncer_stats", "pgbouncer_databases")
@@ -62,7 +63,7 @@ def two_targets(postgres: LocalPostgres, bouncer: LocalPgBouncer, interval: str 
 
 
 def collect(config: Config) -> Samples:
-    return parse_exposition(collect_once(config).decode())
+    return parse_exposition(run_once(config).body.decode())
 
 
 def client(bouncer: LocalPgBouncer, dbname: str) -> psycopg.Connection[tuple[object, ...]]:

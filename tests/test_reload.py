@@ -11,11 +11,10 @@ import yaml
 from conftest import Samples, exporter_config, parse_exposition, scrape, value, wait_for
 from daemon import Daemon
 from exporter.app import Exporter
-from exporter.basicauth import BasicAuth
 from exporter.catalogue import builtin_specs
-from exporter.embedded import LocalPostgres
-from exporter.reload import apply_config
-from exporter.webconfig import OPEN, WebSecurity
+from exporter.demo.embedded import LocalPostgres
+from exporter.web.basicauth import BasicAuth
+from exporter.web.config import OPEN, WebSecurity
 
 # database_size runs once at start (1h) and never again: its last-success time tells
 # whether a target was kept across a reload or opened anew.
@@ -141,11 +140,11 @@ def test_reload_applies_a_new_web_config(postgres: LocalPostgres, tmp_path: Path
         port = exporter.server.port
         wait_for(lambda: value(scrape(port), "pg_up", target="pg") == 1, what="pg_up")
         locked = WebSecurity(auth=BasicAuth({"u": b"$2b$04$" + b"x" * 53}))
-        apply_config(exporter, config, locked)
+        exporter.apply(config, locked)
         with pytest.raises(urllib.error.HTTPError) as refused:
             scrape(port)
         assert refused.value.code == 401
-        apply_config(exporter, config, OPEN)
+        exporter.apply(config, OPEN)
         assert value(scrape(port), "pg_up", target="pg") == 1
     finally:
         exporter.stop()

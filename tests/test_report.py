@@ -1,4 +1,4 @@
-"""`pg-health-exporter report`: problems planted in a real database (exporter/workload.py) are
+"""`pg-health-exporter report`: problems planted in a real database (exporter/demo/workload.py) are
 each named with the right severity and fix, a healthy database passes, and every format renders.
 
 The report runs in-process through the CLI, as a user or a CI job would call it, against the
@@ -22,14 +22,14 @@ import pytest
 import yaml
 
 from conftest import REPO, fresh_database, wait_for
-from exporter.checks import Thresholds
 from exporter.cli import main
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
-from exporter.findings import CHECKS, Finding
-from exporter.report import build_report
-from exporter.reportformat import render_text, use_colour
-from exporter.workload import Planted, Workload, plant_problems
+from exporter.demo.embedded import LocalPostgres
+from exporter.demo.workload import Planted, Workload, plant_problems
+from exporter.report.build import build_report
+from exporter.report.checks import CHECKS, Thresholds
+from exporter.report.findings import Finding
+from exporter.report.format import format_text, use_colour
 from pgbouncer import ADMIN_USER, LocalPgBouncer
 
 SCHEMA = json.loads((REPO / "docs" / "report.schema.json").read_text())
@@ -209,7 +209,7 @@ def test_colour_only_on_a_terminal(
         os.close(leader)
     only = {"include": [re.escape(plant.database)]}
     config = parse_config({"targets": [{"name": "pg", "dsn": plant.dsn, "databases": only}]})
-    coloured = render_text(build_report(config), colour=True)
+    coloured = format_text(build_report(config), colour=True)
     assert "\x1b[33mwarning" in coloured and "\x1b[0m" in coloured
 
 
@@ -336,12 +336,12 @@ def test_idle_transaction_and_connection_pressure(plant: Plant, postgres: LocalP
 def test_documented_checks_and_thresholds() -> None:
     """docs/report.md and the schema name every check and threshold the code has."""
     finding = SCHEMA["$defs"]["finding"]["properties"]
-    assert finding["check"]["enum"] == list(CHECKS)
+    assert finding["check"]["enum"] == [check.name for check in CHECKS]
     doc = (REPO / "docs" / "report.md").read_text()
     for field in dataclasses.fields(Thresholds):
         assert f"`{field.name}`" in doc, field.name
     for check in CHECKS:
-        assert f"`{check}`" in doc, check
+        assert f"`{check.name}`" in doc, check.name
 
 
 def test_pgbouncer_client_waiting_for_a_server(postgres: LocalPostgres, database: str) -> None:

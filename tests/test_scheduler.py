@@ -5,7 +5,7 @@ from collections.abc import Callable
 from conftest import exporter_config, scrape, value, wait_for
 from exporter.app import Exporter
 from exporter.config import Config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 
 def test_custom_collector_named_up(

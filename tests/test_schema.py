@@ -6,10 +6,10 @@ import psycopg
 import pytest
 
 from conftest import Samples, parse_exposition, value
-from exporter.app import collect_once
 from exporter.catalogue import builtin_specs
+from exporter.collection import run_once
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 INT4_MAX = 2**31 - 1
 
@@ -21,7 +21,7 @@ def collect(dsn: str, database: str, collector: str, **params: object) -> Sample
     target = {"name": "pg", "dsn": dsn, "connect_timeout": "5s"}
     target["databases"] = {"include": [database]}
     samples = parse_exposition(
-        collect_once(parse_config({"targets": [target], "collectors": collectors})).decode()
+        run_once(parse_config({"targets": [target], "collectors": collectors})).body.decode()
     )
     assert value(samples, "pg_exporter_collector_up", collector=collector) == 1, samples
     return samples

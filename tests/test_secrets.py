@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, free_port, parse_exposition, value, wait_for
 from daemon import Daemon
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 from exporter.secretfiles import exposed_secret_files
 
 # In every password, so a search for it finds any of them, whole or in part. The '/' and '@'

@@ -3,7 +3,7 @@
 import pytest
 
 from exporter.catalogue import Limit
-from exporter.select import select_rows
+from exporter.collection.rowcap import cap_rows
 
 pytestmark = pytest.mark.any_major
 
@@ -28,25 +28,25 @@ def test_top_n_by_each_rank_and_flagged() -> None:
         ("small_bad", 1, 0, True),
         ("small", 2, 1, False),
     )
-    result = select_rows(LIMIT, 2, COLUMNS, table, ["relname"], frozenset())
+    result = cap_rows(LIMIT, 2, COLUMNS, table, ["relname"], frozenset())
     assert chosen(result) == {"big", "bigger", "busy", "busier", "small_bad"}
 
 
 def test_sticky_keeps_previous_choice_near_the_top() -> None:
     first = rows(("a", 30, 0, False), ("b", 20, 0, False), ("c", 10, 0, False))
     one_rank = Limit(max_rows=2, rank_by=("size",))
-    _, keys = select_rows(one_rank, 2, COLUMNS, first, ["relname"], frozenset())
+    _, keys = cap_rows(one_rank, 2, COLUMNS, first, ["relname"], frozenset())
     # c overtakes b: b is third but within 2 x max_rows, so it stays; c enters.
     second = rows(("a", 30, 0, False), ("b", 20, 0, False), ("c", 25, 0, False))
-    result = select_rows(one_rank, 2, COLUMNS, second, ["relname"], keys)
+    result = cap_rows(one_rank, 2, COLUMNS, second, ["relname"], keys)
     assert chosen(result) == {"a", "b", "c"}
     # Far from the top, b leaves.
     third = rows(*[(f"n{i}", 100 + i, 0, False) for i in range(5)], ("b", 20, 0, False))
-    assert "b" not in chosen(select_rows(one_rank, 2, COLUMNS, third, ["relname"], result[1]))
+    assert "b" not in chosen(cap_rows(one_rank, 2, COLUMNS, third, ["relname"], result[1]))
 
 
 def test_not_sticky() -> None:
     plain = Limit(max_rows=1, rank_by=("size",), sticky=False)
     table = rows(("a", 2, 0, False), ("b", 1, 0, False))
-    result = select_rows(plain, 1, COLUMNS, table, ["relname"], frozenset({("b",)}))
+    result = cap_rows(plain, 1, COLUMNS, table, ["relname"], frozenset({("b",)}))
     assert chosen(result) == {"a"}

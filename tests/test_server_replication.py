@@ -18,9 +18,9 @@ import psycopg
 import pytest
 
 from conftest import Samples, exporter_config, names, parse_exposition, value, wait_for
-from exporter.app import collect_once
 from exporter.catalogue import builtin_specs
-from exporter.embedded import LocalPostgres, _wheel_bindir
+from exporter.collection import run_once
+from exporter.demo.embedded import LocalPostgres, _wheel_bindir
 
 MINE = ("server", "replication", "replication_slots", "checkpointer", "bgwriter", "wal")
 STANDBY = "standby1"  # the standby's application_name
@@ -33,7 +33,7 @@ def collect(dsn: str) -> Samples:
         name: {"enabled": name in MINE} for name in builtin_specs()
     }
     collectors.update({name: {"interval": "5s", "timeout": "5s"} for name in MINE})
-    return parse_exposition(collect_once(exporter_config(dsn, collectors=collectors)).decode())
+    return parse_exposition(run_once(exporter_config(dsn, collectors=collectors)).body.decode())
 
 
 def assert_all_up(samples: Samples) -> None:
@@ -231,7 +231,7 @@ class Pair:
 
 
 def _server_user() -> pwd.struct_passwd | None:
-    """The account PostgreSQL runs as when we are root (as exporter/embedded.py chooses it)."""
+    """The account PostgreSQL runs as when we are root (as exporter/demo/embedded.py chooses it)."""
     if os.geteuid() != 0:
         return None
     return pwd.getpwnam(os.environ.get("PG_RUN_AS") or "nobody")

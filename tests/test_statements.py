@@ -13,29 +13,32 @@ import pytest
 
 from conftest import Samples, exporter_config, names, parse_exposition, value
 from exporter.catalogue import builtin_specs
-from exporter.collection import probe_target, run_collector
-from exporter.embedded import LocalPostgres
-from exporter.selfmetrics import self_metrics
-from exporter.store import Store
+from exporter.collection import CollectorJob, ProbeJob
+from exporter.demo.embedded import LocalPostgres
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import Store
 from exporter.targets import TargetRegistry
 
 _counter = itertools.count()
 
 
 class OneCollector:
-    """One collector run on demand against one target, which keeps its sticky selections."""
+    """One collector run on demand against one target, by one job that keeps its sticky
+    selections."""
 
     def __init__(self, dsn: str, name: str, **override: Any) -> None:
         overrides = {name: {"interval": "1m", "timeout": "10s", **override}}
         config = exporter_config(dsn, collectors=overrides)
-        self.collector = next(c for c in config.catalogue if c.name == name)
+        collector = next(c for c in config.catalogue if c.name == name)
         self.store = Store(self_metrics=self_metrics)
-        self.registry = TargetRegistry(self.store)
+        self.registry = TargetRegistry()
         self.target = self.registry.add(config.targets[0])
+        self.probe = ProbeJob(self.target, self.store)
+        self.job = CollectorJob(self.target, collector, self.store, max_age=600)
 
     def run(self) -> Samples:
-        probe_target(self.target)
-        run_collector(self.target, self.collector, self.store, max_age=600)
+        self.probe()
+        self.job()
         return parse_exposition(self.store.snapshot().body.decode())
 
     def close(self) -> None:

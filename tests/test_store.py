@@ -9,10 +9,12 @@ from prometheus_client.core import GaugeMetricFamily
 
 from conftest import names, parse_exposition, value
 from exporter.catalogue import Collector, CollectorSpec
-from exporter.collect import CollectorFailed, to_families
-from exporter.render import render
-from exporter.selfmetrics import self_metrics
-from exporter.store import CollectorStatus, PartKey, Store
+from exporter.collection.run import to_families
+from exporter.errors import CollectorFailed
+from exporter.exposition.render import render
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import Store
+from exporter.status import CollectorStatus, Reachability, State
 
 pytestmark = pytest.mark.any_major
 
@@ -23,6 +25,9 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+OK = CollectorStatus(state=State.OK, series=1)
 
 
 def gauge(name: str, target: str, val: float) -> GaugeMetricFamily:
@@ -85,7 +90,8 @@ def test_duplicate_label_sets_are_an_error_not_a_broken_scrape() -> None:
 def test_families_of_many_parts_share_one_header() -> None:
     store = Store(self_metrics=self_metrics)
     for target in ("a", "b"):
-        store.put(PartKey(target, "demo"), render([gauge("pg_demo_x", target, 1)]), max_age=60)
+        parts = {"": render([gauge("pg_demo_x", target, 1)])}
+        store.publish(target, "demo", parts, OK, max_age=60)
     body = store.snapshot().body.decode()
     assert body.count("# TYPE pg_demo_x gauge") == 1
     samples = parse_exposition(body)  # the parser rejects a family split in two
@@ -95,20 +101,20 @@ def test_families_of_many_parts_share_one_header() -> None:
 
 def test_snapshot_is_cached_until_something_changes() -> None:
     store = Store(self_metrics=self_metrics)
-    store.put(PartKey("a", "demo"), render([gauge("pg_demo_x", "a", 1)]), max_age=60)
+    store.publish("a", "demo", {"": render([gauge("pg_demo_x", "a", 1)])}, OK, max_age=60)
     first = store.snapshot()
     assert store.snapshot() is first
     assert first.gzipped() is first.gzipped()
     assert gzip.decompress(first.gzipped()) == first.body
-    store.set_collector("a", "demo", CollectorStatus(state="ok", series=1))
+    store.publish("a", "demo", None, CollectorStatus(state=State.OK, series=2), max_age=60)
     assert store.snapshot() is not first
 
 
 def test_stale_parts_leave_the_exposition() -> None:
     clock = FakeClock()
     store = Store(self_metrics=self_metrics, clock=clock)
-    store.set_target("a", up=True)
-    store.put(PartKey("a", "demo"), render([gauge("pg_demo_x", "a", 1)]), max_age=45)
+    store.publish_target("a", Reachability(up=True, seq=1))
+    store.publish("a", "demo", {"": render([gauge("pg_demo_x", "a", 1)])}, OK, max_age=45)
     assert b"pg_demo_x{" in store.snapshot().body
     clock.now += 44.9
     assert b"pg_demo_x{" in store.snapshot().body
@@ -118,12 +124,11 @@ def test_stale_parts_leave_the_exposition() -> None:
     assert b'pg_up{target="a"} 1.0' in body  # self-metrics are never stale
 
 
-def test_drop_keeps_named_databases() -> None:
+def test_a_run_replaces_the_parts_of_every_database() -> None:
     store = Store(self_metrics=self_metrics)
-    for db in ("app", "gone"):
-        families = render([gauge("pg_demo_x", db, 1)])
-        store.put(PartKey("a", "demo", db), families, max_age=60)
-    store.drop("a", "demo", keep=["app"])
+    parts = {db: render([gauge("pg_demo_x", db, 1)]) for db in ("app", "gone")}
+    store.publish("a", "demo", parts, OK, max_age=60)
+    store.publish("a", "demo", {"app": parts["app"]}, OK, max_age=60)
     body = store.snapshot().body
     assert b'target="app"' in body
     assert b'target="gone"' not in body
@@ -131,9 +136,11 @@ def test_drop_keeps_named_databases() -> None:
 
 def test_self_metrics() -> None:
     store = Store(self_metrics=self_metrics)
-    store.set_target("a", up=False, message="connection refused")
-    store.set_collector("a", "demo", CollectorStatus(state="unavailable", message="no extension"))
-    store.set_collector("a", "ok", CollectorStatus(state="ok", last_success=5.0, series=3))
+    store.publish_target("a", Reachability(up=False, message="connection refused", seq=1))
+    unavailable = CollectorStatus(state=State.UNAVAILABLE, message="no extension")
+    store.publish("a", "demo", {}, unavailable, max_age=60)
+    ok = CollectorStatus(state=State.OK, last_success=5.0, series=3)
+    store.publish("a", "ok", None, ok, max_age=60)
     samples = parse_exposition(store.snapshot().body.decode())
     assert value(samples, "pg_up", target="a") == 0
     assert value(samples, "pg_exporter_collector_available", collector="demo") == 0
@@ -149,15 +156,25 @@ def test_self_metrics() -> None:
 def test_forget_collector_removes_its_data_and_status_only() -> None:
     store = Store(self_metrics=self_metrics)
     for collector in ("gone", "kept"):
-        store.put(
-            PartKey("a", collector, "app"), render([gauge(f"pg_{collector}_x", "app", 1)]), 60
-        )
-        store.set_collector("a", collector, CollectorStatus(state="ok", series=1))
-    store.set_target("a", up=True)
-    store.forget_collector("a", "gone")
+        parts = {"app": render([gauge(f"pg_{collector}_x", "app", 1)])}
+        store.publish("a", collector, parts, OK, max_age=60)
+    store.publish_target("a", Reachability(up=True, seq=1))
+    store.forget("a", "gone")
     samples = parse_exposition(store.snapshot().body.decode())
     assert "pg_gone_x" not in names(samples)
     assert value(samples, "pg_exporter_collector_up", collector="gone") is None
     assert "pg_kept_x" in names(samples)
     assert value(samples, "pg_exporter_collector_up", collector="kept") == 1
+    assert value(samples, "pg_up", target="a") == 1
+
+
+def test_an_older_finding_about_a_target_never_overwrites_a_newer_one() -> None:
+    """A collector that saw the target down publishes after the probe that saw it come back."""
+    store = Store(self_metrics=self_metrics)
+    seen_down = Reachability(up=False, message="connection refused", seq=1)
+    seen_up = Reachability(up=True, server_version="18.1", seq=2)
+    store.publish_target("a", seen_up)
+    store.publish("a", "demo", None, OK, max_age=60, reach=seen_down)
+    assert store.targets()["a"].reach == seen_up
+    samples = parse_exposition(store.snapshot().body.decode())
     assert value(samples, "pg_up", target="a") == 1

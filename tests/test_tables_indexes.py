@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from conftest import Samples, names, parse_exposition, value, wait_for
-from exporter.app import collect_once
 from exporter.catalogue import builtin_specs
+from exporter.collection import run_once
 from exporter.config import parse_config
-from exporter.embedded import LocalPostgres
+from exporter.demo.embedded import LocalPostgres
 
 MINE = ("statio", "tables", "indexes", "index_health")
 
@@ -49,7 +49,7 @@ def collect(
             "collectors": collectors,
         }
     )
-    samples = parse_exposition(collect_once(config).decode())
+    samples = parse_exposition(run_once(config).body.decode())
     for name in MINE:
         up = value(samples, "pg_exporter_collector_up", collector=name)
         available = [

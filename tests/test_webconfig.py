@@ -16,11 +16,11 @@ import yaml
 from certs import Authority, Issued
 from conftest import exporter_config, parse_exposition, value, wait_for
 from exporter.app import Exporter
-from exporter.basicauth import BasicAuth
 from exporter.cli import main
-from exporter.config import ConfigError
-from exporter.embedded import LocalPostgres
-from exporter.webconfig import WebSecurity, load_web_config
+from exporter.demo.embedded import LocalPostgres
+from exporter.errors import ConfigError
+from exporter.web.basicauth import BasicAuth
+from exporter.web.config import WebSecurity, load_web_config
 
 PASSWORD = "scrape-Pa55"
 # Cost 4, the lowest: the tests check behaviour, and each bcrypt check then takes ~1 ms.

@@ -1,0 +1,213 @@
+"""The scheduled jobs: probe a target, or run one collector on it; each publishes once.
+
+A job computes everything first (rendered parts, the collector's new status, what it found out
+about the target) and then publishes it to the store in one call. A collector job keeps its own
+previous status and its capped queries' sticky choices, since only it reads them.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from prometheus_client.core import Metric
+
+from exporter.catalogue import Collector
+from exporter.collection.run import Selections, plan, run
+from exporter.errors import (
+    CollectorFailed,
+    CollectorUnavailable,
+    ConnectFailed,
+    PoolBusy,
+    first_line,
+)
+from exporter.exposition.render import RenderedFamily, render
+from exporter.exposition.store import Store
+from exporter.status import CollectorStatus, State
+from exporter.targets import ServerFacts, Target
+from exporter.targets.facts import installed_extensions
+
+log = logging.getLogger(__name__)
+
+# SQL errors that mean "this role or server cannot do this", not "something broke": reported
+# once as unavailable with the reason rather than as an error every interval.
+_UNAVAILABLE_ERRORS = (
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.ObjectNotInPrerequisiteState,  # e.g. pg_stat_statements not preloaded
+    psycopg.errors.UndefinedTable,  # e.g. a custom collector's table exists in some databases
+)
+
+
+class ProbeJob:
+    """The `up` job: connect and refresh the server facts; pg_up follows the outcome."""
+
+    def __init__(self, target: Target, store: Store) -> None:
+        self.target = target
+        self._store = store
+
+    def __call__(self) -> None:
+        target = self.target
+        try:
+            target.refresh()
+        except ConnectFailed:
+            pass  # already recorded by the target as down, with one log line
+        except PoolBusy:
+            pass  # reachable, but busy before its first facts were read: the next probe tries again
+        except psycopg.Error as exc:
+            target.mark_down(target.redact(first_line(exc)))
+        self._store.publish_target(target.name, target.reach, pool=target.connections.stats())
+
+
+class _PartlyFailed(CollectorFailed):
+    """Some databases failed; the others' parts are still to be published."""
+
+    def __init__(self, message: str, parts: dict[str, tuple[RenderedFamily, ...]]) -> None:
+        super().__init__(message)
+        self.parts = parts
+
+
+@dataclass
+class _Outcome:
+    """What one run produced: parts to publish (None: keep the old ones) and its state."""
+
+    state: State = State.OK
+    message: str = ""
+    parts: dict[str, tuple[RenderedFamily, ...]] | None = None
+    series: int = 0
+
+
+@dataclass
+class CollectorJob:
+    """Runs one collector on one target (every database it visits) and publishes the result."""
+
+    target: Target
+    collector: Collector
+    store: Store
+    max_age: float
+    status: CollectorStatus = field(default_factory=CollectorStatus)  # the previous run's
+    # What the capped queries chose last time, by database (see rowcap.py).
+    selections: dict[str, Selections] = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        started = time.monotonic()
+        outcome = self._outcome()
+        previous = self.status
+        ok = outcome.state == State.OK
+        self.status = CollectorStatus(
+            state=outcome.state,
+            last_success=time.time() if ok else previous.last_success,
+            last_duration=time.monotonic() - started,
+            errors_total=previous.errors_total + (outcome.state == State.ERROR),
+            series=outcome.series if ok else previous.series,
+            message=outcome.message,
+        )
+        self.store.publish(
+            self.target.name,
+            self.collector.name,
+            outcome.parts,
+            self.status,
+            max_age=self.max_age,
+            reach=self.target.reach,
+        )
+        _log_transition(self.target.name, self.collector.name, previous, self.status)
+
+    def _outcome(self) -> _Outcome:
+        target, collector = self.target, self.collector
+        outcome = _Outcome()
+        try:
+            if target.down_message is not None:
+                # Logged once by the target; the `up` job notices when it returns.
+                raise ConnectFailed(f"target is down: {target.down_message}")
+            facts = target.current_facts()
+            if collector.spec.scope == "server":
+                outcome.parts = {"": render(self._visit(facts, None))}
+            else:
+                outcome.parts = self._visit_databases(facts)
+            outcome.series = sum(f.series for part in outcome.parts.values() for f in part)
+        except ConnectFailed as exc:
+            # Reported once by the target (pg_up, one log line), not by each of its collectors.
+            outcome.state, outcome.message = State.DOWN, target.redact(str(exc))
+            if target.down_message is None:
+                target.mark_down(outcome.message)
+        except CollectorUnavailable as exc:
+            outcome.state, outcome.message, outcome.parts = State.UNAVAILABLE, exc.reason, {}
+        except _UNAVAILABLE_ERRORS as exc:
+            outcome.state, outcome.parts = State.UNAVAILABLE, {}
+            outcome.message = target.redact(first_line(exc))
+        except _PartlyFailed as exc:
+            outcome.state, outcome.message = State.ERROR, target.redact(first_line(exc))
+            outcome.parts = exc.parts
+        except (psycopg.Error, CollectorFailed, PoolBusy) as exc:
+            outcome.state, outcome.message = State.ERROR, target.redact(first_line(exc))
+        except Exception as exc:  # a defect (ours or a custom collector's) must still be reported
+            log.exception(
+                "collector crashed", extra={"target": target.name, "collector": collector.name}
+            )
+            outcome.state = State.ERROR
+            outcome.message = target.redact(f"{type(exc).__name__}: {first_line(exc)}")
+        return outcome
+
+    def _visit(self, facts: ServerFacts, database: str | None) -> list[Metric]:
+        """Run the collector in one database (None: the target's own) and return its families."""
+        target, collector = self.target, self.collector
+        own = database is None or database == facts.database
+        labels = {"target": target.name}
+        if collector.spec.scope == "database":
+            labels["datname"] = database or facts.database
+        wait = target.config.connect_timeout + collector.spec.timeout
+        with target.connections.connection(None if own else database, wait_seconds=wait) as conn:
+            if own:
+                extensions = facts.extensions
+            else:
+                with conn.transaction():
+                    extensions = installed_extensions(conn)
+            steps = plan(collector, facts, extensions)
+            return run(
+                conn,
+                collector,
+                steps,
+                labels=labels,
+                timeout_seconds=collector.spec.timeout,
+                selections=self.selections.setdefault(database or "", {}),
+            )
+
+    def _visit_databases(self, facts: ServerFacts) -> dict[str, tuple[RenderedFamily, ...]]:
+        """Visit each database in turn; a database where it cannot run is skipped, not an error.
+
+        A database gone since the last run loses its part; the databases that worked are
+        published even when another failed (PartlyFailed carries them).
+        """
+        parts: dict[str, tuple[RenderedFamily, ...]] = {}
+        reasons: list[str] = []
+        errors: list[str] = []
+        for database in self.target.databases_for(self.collector, facts):
+            try:
+                parts[database] = render(self._visit(facts, database))
+            except CollectorUnavailable as exc:
+                reasons.append(f"{database}: {exc.reason}")
+            except _UNAVAILABLE_ERRORS as exc:
+                reasons.append(f"{database}: {first_line(exc)}")
+            except (ConnectFailed, PoolBusy, psycopg.Error, CollectorFailed) as exc:
+                # One database failing must not hide the others, nor mark the whole target down.
+                errors.append(f"{database}: {first_line(exc)}")
+        if errors:
+            raise _PartlyFailed("; ".join(errors), parts)
+        if not parts and reasons:
+            raise CollectorUnavailable("; ".join(reasons))
+        return parts
+
+
+def _log_transition(
+    target: str, collector: str, before: CollectorStatus, after: CollectorStatus
+) -> None:
+    """One log line when a collector's state or error changes, not one every interval."""
+    fields = {"target": target, "collector": collector}
+    quiet = after.state == before.state and after.message == before.message
+    if quiet or State.DOWN in (after.state, before.state):
+        log.debug("collector ran", extra={**fields, "state": after.state})
+    elif after.state == State.ERROR:
+        log.warning("collector failed", extra={**fields, "error": after.message})
+    elif after.state == State.UNAVAILABLE:
+        log.warning("collector unavailable", extra={**fields, "reason": after.message})
+    elif before.state in (State.ERROR, State.UNAVAILABLE):
+        log.info("collector recovered", extra=fields)

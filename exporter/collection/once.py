@@ -1,0 +1,47 @@
+"""Every collector once against every target, in order: the `once` and `report` commands."""
+
+from dataclasses import dataclass
+
+from exporter.collection.jobs import CollectorJob, ProbeJob
+from exporter.config import Config
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import Store
+from exporter.status import TargetStatus
+from exporter.targets import ServerFacts, TargetRegistry
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one pass collected: the filled store, and the facts of each target that answered."""
+
+    store: Store
+    facts: dict[str, ServerFacts]
+
+    @property
+    def body(self) -> bytes:
+        """The exposition, as /metrics would serve it."""
+        return self.store.snapshot().body
+
+    @property
+    def statuses(self) -> dict[str, TargetStatus]:
+        return self.store.targets()
+
+
+def run_once(config: Config) -> Collected:
+    """Probe every target and run each enabled collector on it once, one after another."""
+    store = Store(self_metrics=self_metrics)
+    registry = TargetRegistry()
+    enabled = [c for c in config.catalogue if c.spec.enabled]
+    # Data collected now stays valid for as long as the slowest collector's max age, so
+    # nothing expires before the caller reads it.
+    max_age = max(c.spec.interval for c in config.catalogue) * config.max_age_intervals
+    try:
+        targets = [registry.add(t) for t in config.targets]  # every pool starts connecting
+        for target in targets:
+            ProbeJob(target, store)()
+            for collector in enabled:
+                if collector.spec.target_type == target.config.type:
+                    CollectorJob(target, collector, store, max_age)()
+        return Collected(store, {t.name: t.facts for t in registry if t.facts is not None})
+    finally:
+        registry.close()

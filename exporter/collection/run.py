@@ -1,0 +1,203 @@
+"""One collector's SQL on one connection: choose its branches for the server, run them, and
+turn the rows into metric families."""
+
+import contextlib
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+import psycopg
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter.catalogue import Branch, Collector, Column, Query, Usage
+from exporter.collection.rowcap import RowKey, cap_rows
+from exporter.errors import CollectorFailed, CollectorUnavailable
+from exporter.targets.facts import ServerFacts
+from exporter.targets.sessions import set_statement_timeout
+
+_IGNORED = Column(usage=Usage.IGNORE)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The SQL a collector runs on one server: one branch per query."""
+
+    steps: tuple[tuple[Query, Branch], ...]
+
+
+def plan(collector: Collector, facts: ServerFacts, extensions: frozenset[str]) -> Plan:
+    """Pick each query's branch for this server, or say why the collector cannot run."""
+    requires = collector.spec.requires
+    if facts.preload is not None:
+        missing = [lib for lib in requires.preload if lib not in facts.preload]
+        if missing:
+            return _unavailable(f"{', '.join(missing)} not in shared_preload_libraries")
+    missing = [ext for ext in requires.extensions if ext not in extensions]
+    if missing:
+        return _unavailable(f"extension {', '.join(missing)} not installed (CREATE EXTENSION)")
+    missing = [role for role in requires.roles if not facts.has_role(role)]
+    if missing:
+        return _unavailable(f"role is not a member of {', '.join(missing)}")
+    steps = []
+    for query in collector.spec.queries:
+        branch = query.branch_for(facts.version_num)
+        if branch is not None:
+            steps.append((query, branch))
+    if not steps:
+        product = "PgBouncer" if collector.spec.target_type == "pgbouncer" else "PostgreSQL"
+        return _unavailable(f"not available on {product} {facts.version}")
+    return Plan(steps=tuple(steps))
+
+
+def _unavailable(reason: str) -> Plan:
+    raise CollectorUnavailable(reason)
+
+
+# What each capped query chose last time, by query name: see rowcap.py.
+Selections = dict[str, frozenset[RowKey]]
+
+
+def run(
+    conn: psycopg.Connection[tuple[object, ...]],
+    collector: Collector,
+    steps: Plan,
+    *,
+    labels: dict[str, str],
+    timeout_seconds: float,
+    selections: Selections,
+) -> list[Metric]:
+    """Run the plan in one read-only transaction bounded by the collector's timeout.
+
+    `selections` carries the capped queries' choices from one run to the next (updated here).
+    """
+    spec = collector.spec
+    families: list[Metric] = []
+    postgres = spec.target_type == "postgres"
+    # PgBouncer's console has neither transactions nor settings; its SHOWs answer from memory.
+    with conn.transaction() if postgres else contextlib.nullcontext():
+        if postgres:
+            set_statement_timeout(conn, timeout_seconds)
+        for query, branch in steps.steps:
+            # The SQL is the catalogue's own text, not built from input: run it as written,
+            # with the collector's params (if any) bound by the driver.
+            text = branch.sql.encode()
+            cursor = conn.execute(text, spec.params) if spec.params else conn.execute(text)
+            aliases = query.aliases  # a column another version names differently
+            columns = [aliases.get(c.name, c.name) for c in cursor.description or ()]
+            rows = cursor.fetchall()
+            if query.limit is not None:
+                key_columns = [
+                    c for c in columns if query.metrics.get(c, _IGNORED).usage is Usage.LABEL
+                ]
+                rows, selections[query.name] = cap_rows(
+                    query.limit,
+                    spec.max_rows(query.limit),
+                    columns,
+                    rows,
+                    key_columns,
+                    selections.get(query.name, frozenset()),
+                )
+            families.extend(to_families(collector, query, columns, rows, labels))
+    return families
+
+
+def to_families(
+    collector: Collector,
+    query: Query,
+    columns: list[str],
+    rows: list[tuple[object, ...]],
+    labels: dict[str, str],
+) -> list[Metric]:
+    """Map result rows to metric families per the query's column usages."""
+    unmapped = [c for c in columns if c not in query.metrics]
+    # SHOW cannot select columns and PgBouncer adds some in minor releases, so there a new
+    # column is ignored; SQL collectors keep the strict rule, which catches typos.
+    if unmapped and collector.spec.target_type != "pgbouncer":
+        raise CollectorFailed(
+            f"query {query.name!r}: column(s) {', '.join(unmapped)} not mapped "
+            "(map them, or give them usage: ignore)"
+        )
+    usage = {c: query.metrics.get(c, _IGNORED).usage for c in columns}
+    label_columns = [c for c in columns if usage[c] is Usage.LABEL]
+    label_names = [*labels, *(query.metrics[c].name or c for c in label_columns)]
+    clashes = set(labels) & set(label_names[len(labels) :])
+    if clashes:
+        raise CollectorFailed(f"query {query.name!r}: label(s) {', '.join(clashes)} set twice")
+    value_columns = [c for c in columns if usage[c] in (Usage.GAUGE, Usage.COUNTER)]
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+    # The positions in label_names of the labels each metric carries (`labels:` narrows them).
+    carried: dict[str, list[int]] = {}
+    for column in value_columns:
+        spec = query.metrics[column]
+        carried[column] = [
+            i
+            for i, c in enumerate([*labels, *label_columns])
+            if i < len(labels) or spec.labels is None or c in spec.labels
+        ]
+        names = [label_names[i] for i in carried[column]]
+        name = collector.metric_name(column, spec)
+        help_text = spec.help or f"{column} from {collector.name}"
+        if spec.usage is Usage.COUNTER:
+            families[column] = CounterMetricFamily(name, help_text, labels=names)
+        else:
+            families[column] = GaugeMetricFamily(name, help_text, labels=names)
+    index = {c: i for i, c in enumerate(columns)}
+    seen: set[tuple[str, ...]] = set()
+    published: dict[str, set[tuple[str, ...]]] = {c: set() for c in value_columns}
+    for row in rows:
+        label_values = (
+            *labels.values(),
+            *(_label_value(row[index[c]]) for c in label_columns),
+        )
+        if label_values in seen:
+            shared = dict(zip(label_names, label_values, strict=True))
+            raise CollectorFailed(f"query {query.name!r}: two rows share the labels {shared}")
+        seen.add(label_values)
+        for column in value_columns:
+            value = _value(row, index, column, query.metrics[column])
+            if value is None:
+                continue
+            own = tuple(label_values[i] for i in carried[column])
+            if own in published[column]:
+                shared = {label_names[i]: label_values[i] for i in carried[column]}
+                raise CollectorFailed(
+                    f"query {query.name!r}: two rows give {column!r} the labels {shared}"
+                )
+            published[column].add(own)
+            families[column].add_metric(list(own), value)
+    return [f for f in families.values() if f.samples]
+
+
+def _value(
+    row: tuple[object, ...], index: dict[str, int], column: str, spec: Column
+) -> float | None:
+    """The column's scaled value plus the columns it adds (those this version has)."""
+    value = _number(row[index[column]])
+    if value is None:
+        return None
+    total = value * spec.scale
+    for other, factor in spec.add.items():
+        extra = _number(row[index[other]]) if other in index else None
+        total += 0.0 if extra is None else extra * factor
+    return total
+
+
+def _label_value(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _number(value: object) -> float | None:
+    """A float for a sample, None for SQL NULL (the sample is left out, never published as 0)."""
+    match value:
+        case None:
+            return None
+        case bool():
+            return 1.0 if value else 0.0
+        case int() | float() | Decimal():
+            return float(value)
+        case dt.datetime():
+            return value.timestamp()
+        case dt.timedelta():
+            return value.total_seconds()
+        case _:
+            raise CollectorFailed(f"value {value!r} is not a number")

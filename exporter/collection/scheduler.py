@@ -1,0 +1,160 @@
+"""Background jobs: one `up` probe per target and one job per (target, collector).
+
+APScheduler 3.x runs them on a bounded thread pool. Each job runs at most once at a time
+(max_instances=1), missed runs collapse into one (coalesce), and a small jitter spreads jobs of
+the same interval so they do not all hit the server in the same second.
+"""
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter.catalogue import Collector
+from exporter.collection.jobs import CollectorJob, ProbeJob
+from exporter.exposition.store import Store
+from exporter.targets import Target
+
+log = logging.getLogger(__name__)
+
+MAX_JITTER_SECONDS = 5.0
+PROBE_WORKERS = 2
+
+
+def _probe_id(target: str) -> str:
+    # Not "<target>/up": a custom collector may be named `up`, and its job is "<target>/up".
+    return f"{target}/(probe)"
+
+
+def _jitter(interval: float) -> float:
+    return min(interval * 0.1, MAX_JITTER_SECONDS)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        collectors: Iterable[Collector],
+        *,
+        up_interval: float,
+        max_age_intervals: float,
+        max_workers: int = 8,
+    ) -> None:
+        self._store = store
+        self._targets: dict[str, Target] = {}
+        self._jobs: dict[str, CollectorJob] = {}  # by job id: their status outlives a reload
+        self._collectors = [c for c in collectors if c.spec.enabled]
+        self._up_interval = up_interval
+        self._max_age_intervals = max_age_intervals
+        self._scheduler = BackgroundScheduler(
+            executors={
+                "default": ThreadPoolExecutor(max_workers=max_workers),
+                # Probes get threads of their own: collectors queueing for a busy connection
+                # must never keep pg_up from being measured.
+                "probes": ThreadPoolExecutor(max_workers=PROBE_WORKERS),
+            },
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=dt.UTC,
+        )
+
+    @property
+    def collectors(self) -> list[Collector]:
+        return list(self._collectors)
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def add_target(self, target: Target) -> None:
+        """Schedule a target's jobs; the first run of each is now, not one interval from now."""
+        now = dt.datetime.now(dt.UTC)
+        self._targets[target.name] = target
+        self._scheduler.add_job(
+            ProbeJob(target, self._store),
+            "interval",
+            seconds=self._up_interval,
+            jitter=_jitter(self._up_interval),
+            next_run_time=now,
+            id=_probe_id(target.name),
+            executor="probes",
+            misfire_grace_time=max(1, int(self._up_interval)),
+        )
+        for collector in self._collectors:
+            self._add_collector_job(target, collector, now)
+
+    def _add_collector_job(
+        self,
+        target: Target,
+        collector: Collector,
+        now: dt.datetime,
+        previous: CollectorJob | None = None,
+    ) -> None:
+        """Schedule a collector on a target; a job it replaces hands over its state."""
+        if collector.spec.target_type != target.config.type:
+            return
+        interval = collector.spec.interval
+        job = CollectorJob(target, collector, self._store, interval * self._max_age_intervals)
+        if previous is not None:
+            job.status, job.selections = previous.status, previous.selections
+        job_id = f"{target.name}/{collector.name}"
+        self._jobs[job_id] = job
+        self._scheduler.add_job(
+            job,
+            "interval",
+            seconds=interval,
+            jitter=_jitter(interval),
+            next_run_time=now,
+            id=job_id,
+            misfire_grace_time=max(1, int(interval)),
+        )
+
+    def remove_target(self, name: str) -> None:
+        self._targets.pop(name, None)
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith(f"{name}/"):
+                job.remove()
+                self._jobs.pop(job.id, None)
+
+    def set_collectors(
+        self, collectors: Iterable[Collector], *, up_interval: float, max_age_intervals: float
+    ) -> set[str]:
+        """Apply a reloaded catalogue to the targets scheduled now.
+
+        A job whose collector did not change keeps its schedule (a reload does not make every
+        slow collector run again); a changed collector's job is replaced and runs now; a
+        removed or disabled one's job goes. Returns the names of collectors no longer run,
+        whose data the caller drops.
+        """
+        old = {c.name: c for c in self._collectors}
+        new = {c.name: c for c in collectors if c.spec.enabled}
+        ages_changed = max_age_intervals != self._max_age_intervals
+        self._collectors = list(new.values())
+        self._max_age_intervals = max_age_intervals
+        now = dt.datetime.now(dt.UTC)
+        for target in list(self._targets.values()):
+            if up_interval != self._up_interval:
+                self._scheduler.reschedule_job(
+                    _probe_id(target.name),
+                    trigger="interval",
+                    seconds=up_interval,
+                    jitter=_jitter(up_interval),
+                )
+            for name, collector in new.items():
+                if old.get(name) == collector and not ages_changed:
+                    continue
+                previous = self._remove_job(f"{target.name}/{name}")
+                self._add_collector_job(target, collector, now, previous)
+            for name in old.keys() - new.keys():
+                self._remove_job(f"{target.name}/{name}")
+        self._up_interval = up_interval
+        return set(old) - set(new)
+
+    def _remove_job(self, job_id: str) -> CollectorJob | None:
+        if self._scheduler.get_job(job_id) is not None:  # a pgbouncer target lacks most
+            self._scheduler.remove_job(job_id)
+        return self._jobs.pop(job_id, None)
+
+    def shutdown(self) -> None:
+        """Stop scheduling and wait for running jobs (each is bounded by its statement timeout)."""
+        self._scheduler.shutdown(wait=True)

@@ -1,0 +1,154 @@
+"""The exporter's own metrics: is each target up, and how fresh and healthy is each collector."""
+
+import platform
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter import __version__
+from exporter.exposition.render import RenderedFamily, render
+from exporter.status import State, TargetStatus
+
+# psycopg_pool's get_stats() keys -> (metric, kind, help). Keys it omits while zero are 0.
+POOL_STATS: dict[str, tuple[str, str, str]] = {
+    "pool_size": (
+        "pg_exporter_pool_connections",
+        "gauge",
+        "Connections the pool holds (in use, idle or being opened).",
+    ),
+    "pool_available": (
+        "pg_exporter_pool_idle_connections",
+        "gauge",
+        "Pool connections idle and ready.",
+    ),
+    "pool_max": (
+        "pg_exporter_pool_max_connections",
+        "gauge",
+        "The most connections the pool may open.",
+    ),
+    "requests_waiting": (
+        "pg_exporter_pool_waiting_requests",
+        "gauge",
+        "Jobs waiting for a pool connection right now.",
+    ),
+    "requests_num": (
+        "pg_exporter_pool_requests_total",
+        "counter",
+        "Connections requested from the pool.",
+    ),
+    "requests_queued": (
+        "pg_exporter_pool_requests_queued_total",
+        "counter",
+        "Requests that had to wait for a connection.",
+    ),
+    "requests_errors": (
+        "pg_exporter_pool_request_errors_total",
+        "counter",
+        "Requests that timed out or were refused.",
+    ),
+    "requests_wait_ms": (
+        "pg_exporter_pool_request_wait_seconds_total",
+        "counter",
+        "Time spent waiting for pool connections.",
+    ),
+    "connections_num": (
+        "pg_exporter_pool_connections_opened_total",
+        "counter",
+        "Connection attempts the pool made.",
+    ),
+    "connections_errors": (
+        "pg_exporter_pool_connection_errors_total",
+        "counter",
+        "Connection attempts that failed.",
+    ),
+    "connections_lost": (
+        "pg_exporter_pool_connections_lost_total",
+        "counter",
+        "Connections found broken (server restart, terminated backend).",
+    ),
+}
+
+
+def self_metrics(targets: dict[str, TargetStatus]) -> Iterable[RenderedFamily]:
+    return render(_families(targets))
+
+
+def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
+    build = GaugeMetricFamily(
+        "pg_exporter_build_info",
+        "pg-health-exporter version and Python version; always 1.",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([__version__, platform.python_version()], 1)
+    up = GaugeMetricFamily(
+        "pg_up",
+        "1 if the last connection to the target succeeded, 0 if it failed.",
+        labels=["target"],
+    )
+    per_collector = ["target", "collector"]
+    last_success = GaugeMetricFamily(
+        "pg_exporter_collector_last_success_timestamp_seconds",
+        "When the collector last completed without error (Unix time).",
+        labels=per_collector,
+    )
+    duration = GaugeMetricFamily(
+        "pg_exporter_collector_duration_seconds",
+        "How long the collector's last run took, including every database it visited.",
+        labels=per_collector,
+    )
+    errors = CounterMetricFamily(
+        "pg_exporter_collector_errors_total",
+        "Runs of the collector that failed (SQL error, timeout); not counted while the "
+        "target is down, which pg_up reports.",
+        labels=per_collector,
+    )
+    series = GaugeMetricFamily(
+        "pg_exporter_collector_series",
+        "Series the collector published on its last successful run.",
+        labels=per_collector,
+    )
+    collector_up = GaugeMetricFamily(
+        "pg_exporter_collector_up",
+        "1 if the collector's last run succeeded, 0 if it failed or cannot run here.",
+        labels=per_collector,
+    )
+    available = GaugeMetricFamily(
+        "pg_exporter_collector_available",
+        "0 with a reason when the collector cannot run on this target "
+        "(server version, missing extension or privilege), else 1.",
+        labels=[*per_collector, "reason"],
+    )
+    pool: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        key: (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, help_text, labels=["target"]
+        )
+        for key, (name, kind, help_text) in POOL_STATS.items()
+    }
+    for target, status in sorted(targets.items()):
+        up.add_metric([target], 1 if status.up else 0)
+        if status.pool:
+            for key, family in pool.items():
+                scale = 0.001 if key.endswith("_ms") else 1
+                family.add_metric([target], status.pool.get(key, 0) * scale)
+        for name, collector in sorted(status.collectors.items()):
+            labels = [target, name]
+            if collector.last_success is not None:
+                last_success.add_metric(labels, collector.last_success)
+            duration.add_metric(labels, collector.last_duration)
+            errors.add_metric(labels, collector.errors_total)
+            series.add_metric(labels, collector.series)
+            collector_up.add_metric(labels, 1 if collector.state == State.OK else 0)
+            unavailable = collector.state == State.UNAVAILABLE
+            reason = collector.message if unavailable else ""
+            available.add_metric([*labels, reason], 0 if unavailable else 1)
+    return [
+        build,
+        up,
+        last_success,
+        duration,
+        errors,
+        series,
+        collector_up,
+        available,
+        *(family for family in pool.values() if family.samples),
+    ]

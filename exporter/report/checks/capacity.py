@@ -1,0 +1,149 @@
+"""Checks of what runs out: transaction IDs (wraparound), sequences, pending migrations.
+
+And the schema inventory: how many objects, and how much disk, each database has.
+"""
+
+from exporter.report.checks.base import Context, human_bytes, level, percent, relation
+from exporter.report.findings import Finding, Severity
+
+# -- server-wide ------------------------------------------------------------------------------
+
+
+def wraparound(ctx: Context) -> list[Finding]:
+    t = ctx.thresholds
+    found = []
+    worst: tuple[float, str] = (0.0, "")
+    freeze_max_age = ctx.samples.get("pg_wraparound_autovacuum_freeze_max_age")
+    for xid in ctx.samples.all("pg_wraparound_xid_ratio"):
+        db = xid["datname"]
+        mxid = ctx.samples.get("pg_wraparound_mxid_ratio", datname=db) or 0.0
+        ratio = max(xid.value, mxid)
+        worst = max(worst, (ratio, db))
+        severity = level(ratio, t.wraparound_warning, t.wraparound_critical)
+        if severity is None:
+            continue
+        kind = "transaction ID" if xid.value >= mxid else "multixact ID"
+        found.append(
+            ctx.finding(
+                "wraparound",
+                severity,
+                f"{kind} age is {percent(ratio)} of the wraparound limit",
+                database=db,
+                detail="PostgreSQL stops assigning IDs shortly before 100%. Autovacuum starts "
+                "anti-wraparound vacuums at autovacuum_freeze_max_age"
+                + (f" ({freeze_max_age:,.0f} transactions)" if freeze_max_age else "")
+                + "; an age far beyond it means vacuum cannot freeze old rows, usually because "
+                "a long transaction, a prepared transaction or a replication slot holds back "
+                "the xmin horizon (see pg_xmin_horizon_age).",
+                advice="Remove what holds the horizon back, then run VACUUM (FREEZE) in "
+                f"database {db}, largest and oldest tables first.",
+                values={
+                    "xid_age": ctx.samples.get("pg_wraparound_xid_age", datname=db),
+                    "xid_ratio": xid.value,
+                    "mxid_age": ctx.samples.get("pg_wraparound_mxid_age", datname=db),
+                    "mxid_ratio": mxid,
+                },
+            )
+        )
+    if not found and worst[1]:
+        found.append(
+            ctx.finding(
+                "wraparound",
+                Severity.OK,
+                f"the oldest database ({worst[1]}) is at {percent(worst[0])} of the limit",
+                values={"max_ratio": worst[0]},
+            )
+        )
+    return found
+
+
+def sequences(ctx: Context) -> list[Finding]:
+    t = ctx.thresholds
+    found = []
+    for s in ctx.samples.all("pg_sequences_used_ratio"):
+        severity = level(s.value, t.sequence_warning, t.sequence_critical)
+        if severity is None:
+            continue
+        name = relation(s)
+        found.append(
+            ctx.finding(
+                "sequences",
+                severity,
+                f"{percent(s.value)} of its range is used",
+                database=s["datname"],
+                object=name,
+                detail="Measured against the type of the column it feeds: when it runs out, "
+                "inserts fail.",
+                fix=f"ALTER SEQUENCE {name} AS bigint;",
+                advice="Widen the column it feeds too (ALTER TABLE ... ALTER COLUMN ... TYPE "
+                "bigint, which rewrites the table).",
+                values={"used_ratio": s.value},
+            )
+        )
+    return found
+
+
+def migrations(ctx: Context) -> list[Finding]:
+    """Custom collectors named *migration* that publish `failed` and `pending` counts."""
+    found = []
+    for name, collector in ctx.catalogue.items():
+        status = ctx.statuses.get(name)
+        if collector.builtin or "migration" not in name or status is None or status.state != "ok":
+            continue
+        flagged = []
+        for column, severity in (("failed", Severity.CRITICAL), ("pending", Severity.WARNING)):
+            for s in ctx.samples.all(f"{collector.prefix}_{column}"):
+                if s.value > 0:
+                    flagged.append(
+                        ctx.finding(
+                            "migrations",
+                            severity,
+                            f"{s.value:.0f} migration(s) {column} ({name})",
+                            database=s["datname"] or None,
+                            detail=f"Reported by the custom collector {name}.",
+                            advice="Look at the migration tool's log and table, resolve the "
+                            "migration, then deploy again.",
+                            values={column: s.value},
+                        )
+                    )
+        found.extend(
+            flagged
+            or [ctx.finding("migrations", Severity.OK, f"no failed or pending migrations ({name})")]
+        )
+    return found
+
+
+# -- per database -----------------------------------------------------------------------------
+
+
+def schema(ctx: Context) -> list[Finding]:
+    kinds = (
+        "schemas",
+        "tables",
+        "partitioned_tables",
+        "indexes",
+        "foreign_keys",
+        "sequences",
+        "views",
+        "materialized_views",
+        "foreign_tables",
+    )
+    found = []
+    for s in ctx.samples.all("pg_schema_tables"):
+        db = s["datname"]
+        counts = {k: ctx.samples.get(f"pg_schema_{k}", datname=db) for k in kinds}
+        size = ctx.samples.get("pg_database_size_bytes", datname=db)
+        listed = (
+            ", ".join(f"{n:,.0f} {k.replace('_', ' ')}" for k, n in counts.items() if n)
+            or "no objects"
+        )
+        found.append(
+            ctx.finding(
+                "schema",
+                Severity.INFO,
+                listed + (f"; {human_bytes(size)} on disk" if size is not None else ""),
+                database=db,
+                values=dict(counts) | {"size_bytes": size},
+            )
+        )
+    return found

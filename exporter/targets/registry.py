@@ -1,0 +1,175 @@
+"""The monitored targets as the running exporter holds them.
+
+Targets live in a registry object, never in module globals, so they can be added and removed at
+run time (config reload today, service discovery later). A target knows its own state; the jobs
+that use it publish that state to the store.
+"""
+
+import itertools
+import logging
+import threading
+from collections.abc import Iterator
+
+from exporter.catalogue import Collector
+from exporter.config import DatabaseFilter, TargetConfig
+from exporter.errors import ConnectFailed, PoolBusy
+from exporter.logs import SecretMasker
+from exporter.status import Reachability
+from exporter.targets.facts import ServerFacts, probe, probe_pgbouncer
+from exporter.targets.sessions import TargetConnections
+
+log = logging.getLogger(__name__)
+
+# Orders Reachability findings across every target (see Reachability.seq).
+_SEQ = itertools.count(1)
+
+
+class Target:
+    """One monitored server: its connections, what we know about it, and its up state."""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self.config = config
+        self.connections = TargetConnections(config)
+        self._masker = SecretMasker(config.secrets())
+        self._lock = threading.Lock()
+        self._refreshing = threading.Lock()  # one probe at a time (see current_facts)
+        self._facts: ServerFacts | None = None
+        self._down_message: str | None = None
+        self._reach = Reachability(message="connecting", seq=next(_SEQ))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def facts(self) -> ServerFacts | None:
+        with self._lock:
+            return self._facts
+
+    @property
+    def down_message(self) -> str | None:
+        """Why the target is down, or None while it is up (or not yet tried)."""
+        with self._lock:
+            return self._down_message
+
+    @property
+    def reach(self) -> Reachability:
+        """Whether it answered, for publishing (see Reachability.seq)."""
+        with self._lock:
+            return self._reach
+
+    def refresh(self) -> ServerFacts:
+        """Connect, read the server's facts, and record the target as up (or down, raising)."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> ServerFacts:
+        timeout = self.config.connect_timeout
+        try:
+            with self.connections.connection(wait_seconds=timeout) as conn:
+                if self.config.type == "pgbouncer":
+                    facts = probe_pgbouncer(conn)
+                else:
+                    with conn.transaction():
+                        facts = probe(conn, timeout_seconds=timeout)
+        except ConnectFailed as exc:
+            self.mark_down(self.redact(str(exc)))
+            raise
+        except PoolBusy:
+            # Reachable (a direct attempt just worked), only busy with collectors: still up.
+            with self._lock:
+                known = self._facts
+            if known is None:
+                raise
+            self.mark_up(known)
+            return known
+        with self._lock:
+            self._facts = facts
+        self.mark_up(facts)
+        return facts
+
+    def current_facts(self) -> ServerFacts:
+        """Facts from the last probe, probing now if there has not been a successful one."""
+        facts = self.facts
+        if facts is not None:
+            return facts
+        # At start-up every collector job asks at once. One probes; the others wait for its
+        # outcome instead of all queueing on the pool, where all but one would time out and
+        # report a busy pool (an error each) for a target that is simply down.
+        with self._refreshing:
+            facts = self.facts
+            if facts is not None:
+                return facts
+            message = self.down_message
+            if message is not None:
+                raise ConnectFailed(f"target is down: {message}")
+            return self._refresh()
+
+    def mark_up(self, facts: ServerFacts) -> None:
+        with self._lock:
+            was_down, self._down_message = self._down_message, None
+            self._reach = Reachability(up=True, server_version=facts.version, seq=next(_SEQ))
+        if was_down is not None:
+            log.info("target is up", extra={"target": self.name, "version": facts.version})
+
+    def mark_down(self, message: str) -> None:
+        with self._lock:
+            was_up, self._down_message = self._down_message is None, message
+            version = self._reach.server_version
+            self._reach = Reachability(message=message, server_version=version, seq=next(_SEQ))
+        if was_up:  # one line per outage, however often the probe fails or its message changes
+            log.warning("target is down", extra={"target": self.name, "error": message})
+
+    def databases_for(self, collector: Collector, facts: ServerFacts) -> list[str]:
+        """The databases a per-database collector visits on this target."""
+        wanted = DatabaseFilter(include=collector.spec.databases or (".*",))
+        return [
+            db for db in facts.databases if self.config.databases.allows(db) and wanted.allows(db)
+        ]
+
+    def redact(self, text: str) -> str:
+        """The text with this target's passwords masked (defence in depth for error messages)."""
+        return self._masker.mask(text)
+
+    def open(self) -> None:
+        self.connections.open()
+
+    def close(self) -> None:
+        self.connections.close()
+
+
+class TargetRegistry:
+    """The set of targets, safe to change while jobs run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._targets: dict[str, Target] = {}
+
+    def add(self, config: TargetConfig) -> Target:
+        target = Target(config)
+        with self._lock:
+            if config.name in self._targets:
+                raise ValueError(f"target {config.name!r} already exists")
+            self._targets[config.name] = target
+        target.open()
+        return target
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            target = self._targets.pop(name, None)
+        if target is not None:
+            target.close()
+
+    def get(self, name: str) -> Target | None:
+        with self._lock:
+            return self._targets.get(name)
+
+    def __iter__(self) -> Iterator[Target]:
+        with self._lock:
+            return iter(list(self._targets.values()))
+
+    def close(self) -> None:
+        with self._lock:
+            targets, self._targets = list(self._targets.values()), {}
+        for target in targets:
+            target.close()

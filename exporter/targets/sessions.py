@@ -1,0 +1,220 @@
+"""Connections to one target: a small pool for its own database, bounded visits to the others.
+
+Every session is read-only and identifies itself, with a short lock_timeout so the exporter never
+queues behind DDL, and idle_in_transaction_session_timeout so a stuck exporter cannot hold a
+snapshot. The total number of connections to a target never exceeds its `max_connections`:
+the pool gets all but one of them, visits to other databases share the last one.
+"""
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.abc import PQGen
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from exporter.config import TargetConfig
+from exporter.errors import ConnectFailed, PoolBusy, first_line
+from exporter.targets.watchdog import Watchdog
+
+APPLICATION_NAME = "pg-health-exporter"
+# Beyond a statement's own timeout, how long a reply may take before the session is cut.
+REPLY_GRACE_SECONDS = 2.0
+
+_WATCHDOG = Watchdog("session-watchdog")
+_Result = TypeVar("_Result")
+
+
+def session_options(target: TargetConfig) -> dict[str, Any]:
+    """libpq keyword arguments that every session of the exporter uses."""
+    if target.type == "pgbouncer":
+        # The admin console takes no `options` and no transactions; SHOW is all it can do.
+        return {
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": max(1, round(target.connect_timeout)),
+            "autocommit": True,
+            **_dead_peer_detection(target),
+        }
+    settings = {
+        "default_transaction_read_only": "on",
+        # The probe and every collector set a statement_timeout of their own (SET LOCAL).
+        "lock_timeout": f"{int(target.lock_timeout * 1000)}ms",
+        "idle_in_transaction_session_timeout": (
+            f"{int(target.idle_in_transaction_timeout * 1000)}ms"
+        ),
+    }
+    ours = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    # Keep the DSN's own options (search_path, a cloud provider's endpoint=...); ours come last
+    # so they win where both set the same thing.
+    theirs = target.dsn_params.get("options")
+    return {
+        "application_name": APPLICATION_NAME,
+        "connect_timeout": max(1, round(target.connect_timeout)),
+        "options": f"{theirs} {ours}" if theirs else ours,
+        "autocommit": False,
+        **_dead_peer_detection(target),
+    }
+
+
+def _dead_peer_detection(target: TargetConfig) -> dict[str, Any]:
+    """TCP settings so a host that vanishes (no reset) fails a query within about a minute.
+
+    statement_timeout is enforced by the server; with the server gone only the client's TCP
+    stack can notice, and by default that takes from 15 minutes to 2 hours.
+    """
+    return {
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int((target.connect_timeout + 60) * 1000),
+    }
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A session whose every wait for the server ends within `reply_limit` seconds.
+
+    The server enforces statement_timeout, but cannot when it (or a proxy in between) stops
+    answering while TCP stays up; TCP keepalives and tcp_user_timeout do not fire either,
+    since the peer still acknowledges. Each round trip (a statement, COMMIT, the pool's check)
+    is timed; one that overruns has its socket shut down, which ends libpq's wait with an
+    error, and the session is then discarded.
+    """
+
+    reply_limit: float = 30.0  # seconds; set per use by TargetConnections.connection()
+    _severed: bool = False
+
+    def wait(self, gen: PQGen[_Result], *args: Any, **kwargs: Any) -> _Result:
+        limit = self.reply_limit
+        token = _WATCHDOG.arm(limit, self._sever)
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except psycopg.OperationalError:
+            if self._severed:
+                raise psycopg.OperationalError(
+                    f"the server did not answer within {limit:g}s: session closed"
+                ) from None
+            raise
+        finally:
+            _WATCHDOG.disarm(token)
+
+    def _sever(self) -> None:
+        self._severed = True
+        try:
+            # A duplicate of libpq's descriptor: shutting it down ends the connection for
+            # both, and closing the duplicate leaves libpq's own descriptor for libpq to close.
+            with socket.socket(fileno=os.dup(self.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):
+            pass  # already closed
+
+
+class TargetConnections:
+    def __init__(self, target: TargetConfig) -> None:
+        self._target = target
+        self._kwargs = session_options(target)
+        pool_size = target.max_connections - 1  # config guarantees at least 2
+        self._visits = threading.BoundedSemaphore(1)
+        self._pool = ConnectionPool(
+            target.conninfo(),
+            kwargs=self._kwargs,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            name=target.name,
+            # A broken connection (server restart, pg_terminate_backend) is replaced at checkout.
+            # The PgBouncer console answers no empty query; a broken one fails and is dropped.
+            check=ConnectionPool.check_connection if target.type == "postgres" else _check_console,
+            # Give up a reconnection loop early: the next checkout starts a fresh attempt, so a
+            # returning server is seen within one collector interval, not after a long backoff.
+            reconnect_timeout=max(10.0, 2 * target.connect_timeout),
+            timeout=target.connect_timeout,
+            num_workers=1,
+            connection_class=BoundedConnection,
+            configure=self._between_uses,
+            reset=self._between_uses,
+        )
+        # The pool's own round trips (the check at checkout, the rollback on return) get the
+        # probe's budget: they are trivial statements.
+        self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
+
+    def _between_uses(self, conn: BoundedConnection) -> None:
+        conn.reply_limit = self._idle_limit
+
+    def open(self) -> None:
+        """Start connecting in the background; never blocks start-up."""
+        self._pool.open(wait=False)
+
+    def close(self) -> None:
+        self._pool.close(timeout=5.0)
+
+    @contextmanager
+    def connection(
+        self, database: str | None = None, *, wait_seconds: float
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A session on the target's own database (None) or on another database.
+
+        `wait_seconds` bounds the wait for a free connection: a job may queue behind another
+        job's query, but not forever.
+        """
+        # A statement gets its own timeout (at most wait_seconds) to answer, and the grace.
+        reply_limit = wait_seconds + self._target.connect_timeout + REPLY_GRACE_SECONDS
+        if database is None:
+            try:
+                with self._pool.connection(timeout=wait_seconds) as conn:
+                    conn.reply_limit = reply_limit
+                    yield conn
+            except PoolTimeout:
+                raise self._explain_failure(wait_seconds) from None
+            return
+        if not self._visits.acquire(timeout=wait_seconds):
+            raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
+        try:
+            try:
+                conn = BoundedConnection.connect(self._target.conninfo(database), **self._kwargs)
+            except psycopg.OperationalError as exc:
+                raise ConnectFailed(first_line(exc)) from None
+            conn.reply_limit = reply_limit
+            with conn:
+                yield conn
+        finally:
+            self._visits.release()
+
+    def stats(self) -> dict[str, int]:
+        """The pool's own counters (psycopg_pool's get_stats())."""
+        return self._pool.get_stats()
+
+    def _explain_failure(self, waited: float) -> ConnectFailed | PoolBusy:
+        """Why the pool had nothing for us: the target is down, or only busy.
+
+        The pool only says it timed out; one direct attempt tells which, and why. It borrows
+        the visiting slot so that even this attempt stays within max_connections.
+        """
+        busy = PoolBusy(f"every pooled connection stayed in use for {waited:g}s")
+        if not self._visits.acquire(blocking=False):
+            return busy
+        try:
+            with BoundedConnection.connect(self._target.conninfo(), **self._kwargs) as conn:
+                conn.reply_limit = self._idle_limit
+                return busy
+        except psycopg.Error as exc:
+            return ConnectFailed(first_line(exc))
+        finally:
+            self._visits.release()
+
+
+def _check_console(conn: psycopg.Connection[Any]) -> None:
+    """PgBouncer's console rejects check_connection's empty query; SHOW VERSION is as cheap."""
+    conn.execute("SHOW VERSION")
+
+
+def set_statement_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
+    """Bound every statement of the current transaction (SET LOCAL: it ends with it)."""
+    conn.execute(
+        sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{int(seconds * 1000)}ms"))
+    )
