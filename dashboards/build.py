@@ -3,7 +3,12 @@
     python dashboards/build.py           rewrite dashboards/*.json
     python dashboards/build.py --check   exit 1 if a committed JSON file is stale
 
-The dashboards are written by code so that all of them share the same template variables
+The dashboards are built with grafana-foundation-sdk, Grafana's typed builders for its
+dashboard schema (the Grafana 10.4 line: see docs/dashboards.md), and written by its JSON
+encoder: a panel option that the schema does not have, or a value of the wrong type, fails
+here (no such builder method) or in mypy instead of being ignored by Grafana.
+
+They are written by code so that all of them share the same template variables
 (`datasource`, `target`, `datname`), units, thresholds, links and styling, and so that every
 query is built by the same selector helper: every query filters by `$target`, and by
 `$datname` where the metric has that label. Queries use only metrics listed in METRICS.md and
@@ -21,7 +26,39 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
+
+from grafana_foundation_sdk.builders.bargauge import Panel as BarGaugePanel
+from grafana_foundation_sdk.builders.common import (
+    GraphThresholdsStyleConfig,
+    ReduceDataOptions,
+    StackingConfig,
+    TableFooterOptions,
+    TableSortByFieldState,
+    VizLegendOptions,
+    VizTooltipOptions,
+)
+from grafana_foundation_sdk.builders.dashboard import (
+    AnnotationQuery,
+    Dashboard,
+    DashboardLink,
+    DatasourceVariable,
+    FieldColor,
+    QueryVariable,
+    Row,
+    ThresholdsConfig,
+)
+from grafana_foundation_sdk.builders.gauge import Panel as GaugePanel
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.builders.stat import Panel as StatPanel
+from grafana_foundation_sdk.builders.statetimeline import Panel as StateTimelinePanel
+from grafana_foundation_sdk.builders.table import Panel as TablePanel
+from grafana_foundation_sdk.builders.timeseries import Panel as TimeseriesPanel
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,7 +67,7 @@ SCHEMA_VERSION = 39
 TAGS = ["postgresql", "pg-health-exporter"]
 # Every panel and query variable uses the data source chosen in the `datasource` variable,
 # so the JSON imports into any Grafana without editing data source uids.
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # How many objects the "top N" panels show.
 TOP = 10
 TOP_TABLE = 20
@@ -108,76 +145,89 @@ DEAD_ROWS: Steps = ((None, "green"), (0.2, "orange"))
 # Counts of problems: anything above zero wants a look.
 PROBLEMS: Steps = ((None, "green"), (1, "orange"))
 
-UP_MAPPINGS: tuple[Json, ...] = (
-    {
-        "type": "value",
-        "options": {
-            "0": {"text": "down", "color": "red", "index": 0},
-            "1": {"text": "up", "color": "green", "index": 1},
-        },
-    },
+Mappings = tuple[model.ValueMapping, ...]
+
+
+def value_texts(*texts: tuple[str, str, str]) -> Mappings:
+    """Show each (value, text, colour) as its text in its colour."""
+    results = {
+        value: model.ValueMappingResult(text=text, color=colour, index=index)
+        for index, (value, text, colour) in enumerate(texts)
+    }
+    return (model.ValueMap(options=results),)
+
+
+UP_MAPPINGS = value_texts(("0", "down", "red"), ("1", "up", "green"))
+
+# The SDK's panel builders share no base class but Builder; these are the kinds used here.
+# A function taking any of them keeps the kind it was given.
+P = TypeVar(
+    "P", BarGaugePanel, GaugePanel, StatPanel, StateTimelinePanel, TablePanel, TimeseriesPanel
+)
+PanelBuilder = (
+    BarGaugePanel | GaugePanel | StatPanel | StateTimelinePanel | TablePanel | TimeseriesPanel
 )
 
 
-def _thresholds(steps: Steps) -> Json:
-    return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
+def _thresholds(steps: Steps) -> ThresholdsConfig:
+    return (
+        ThresholdsConfig()
+        .mode(model.ThresholdsMode.ABSOLUTE)
+        .steps([model.Threshold(value=value, color=colour) for value, colour in steps])
+    )
 
 
-def _targets(queries: Sequence[Query], *, instant: bool, table: bool) -> list[Json]:
+def _target(query: Query, ref_id: str, *, instant: bool, table: bool) -> Dataquery:
     """Range queries for graphs; instant ones for bar gauges (one bar per series, named by
     the legend) and tables (label columns: table format, which ignores the legend)."""
-    targets = []
-    for index, query in enumerate(queries):
-        targets.append(
-            {
-                "datasource": DATASOURCE,
-                "editorMode": "code",
-                "expr": query.expr,
-                "format": "table" if table else "time_series",
-                "instant": instant,
-                "legendFormat": query.legend or "__auto",
-                "range": not instant,
-                "refId": chr(ord("A") + index),
-            }
-        )
-    return targets
+    target = (
+        Dataquery()
+        .datasource(DATASOURCE)
+        .editor_mode(QueryEditorMode.CODE)
+        .expr(query.expr)
+        .format(PromQueryFormat.TABLE if table else PromQueryFormat.TIME_SERIES)
+        .legend_format(query.legend or "__auto")
+        .ref_id(ref_id)
+    )
+    return target.instant() if instant else target.range()
 
 
 def _panel(
-    kind: str,
+    panel: P,
     title: str,
     description: str,
     queries: Sequence[Query],
     *,
     instant: bool,
-    defaults: Json,
-    options: Json,
-    overrides: Sequence[Json] = (),
-    transformations: Sequence[Json] = (),
-) -> Json:
-    panel: Json = {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "fieldConfig": {"defaults": defaults, "overrides": list(overrides)},
-        "options": options,
-        "targets": _targets(queries, instant=instant, table=kind == "table"),
-    }
-    if transformations:
-        panel["transformations"] = list(transformations)
+    steps: Steps = GREEN_ONLY,
+) -> P:
+    """What every panel has: title, description, data source, targets and thresholds."""
+    panel = panel.title(title).description(description).datasource(DATASOURCE)
+    table = isinstance(panel, TablePanel)
+    for index, query in enumerate(queries):
+        ref_id = chr(ord("A") + index)
+        panel = panel.with_target(_target(query, ref_id, instant=instant, table=table))
+    return panel.thresholds(_thresholds(steps))
+
+
+def _bounds(panel: P, min_: float | None, max_: float | None) -> P:
+    """The axis or gauge range; Grafana fits the data where a bound is not set."""
+    if min_ is not None:
+        panel = panel.min(min_)
+    if max_ is not None:
+        panel = panel.max(max_)
     return panel
 
 
-def _defaults(
-    unit: str, steps: Steps, *, min_: float | None, max_: float | None, **more: Any
-) -> Json:
-    defaults: Json = {"unit": unit, "thresholds": _thresholds(steps), **more}
-    if min_ is not None:
-        defaults["min"] = min_
-    if max_ is not None:
-        defaults["max"] = max_
-    return defaults
+def _by_value() -> FieldColor:
+    """Single values (stats, gauges, bar gauges, states) take the colour of their threshold
+    step."""
+    return FieldColor().mode(model.FieldColorModeId.THRESHOLDS)
+
+
+def _last_value() -> ReduceDataOptions:
+    """Stats, gauges and bar gauges show each series' last value."""
+    return ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
 
 
 def timeseries(
@@ -191,42 +241,40 @@ def timeseries(
     steps: Steps = GREEN_ONLY,
     stack: bool = False,
     threshold_lines: bool = False,
-) -> Json:
-    custom: Json = {
-        "axisLabel": axis,
-        "drawStyle": "line",
-        "fillOpacity": 30 if stack else 10,
-        "lineWidth": 1,
-        "showPoints": "never",
-        "spanNulls": False,
-        "stacking": {"group": "A", "mode": "normal" if stack else "none"},
-        "thresholdsStyle": {"mode": "dashed" if threshold_lines else "off"},
-    }
-    return _panel(
-        "timeseries",
-        title,
-        description,
-        queries,
-        instant=False,
-        defaults=_defaults(
-            unit,
-            steps,
-            min_=min_,
-            max_=max_,
-            color={"mode": "palette-classic"},
-            custom=custom,
-        ),
-        options={
-            "legend": {
-                "calcs": ["lastNotNull", "max"],
-                "displayMode": "table",
-                "placement": "right",
-                "showLegend": True,
-                "sortBy": "Max",
-                "sortDesc": True,
-            },
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
+) -> TimeseriesPanel:
+    panel = _panel(TimeseriesPanel(), title, description, queries, instant=False, steps=steps)
+    stacking = common.StackingMode.NORMAL if stack else common.StackingMode.NONE
+    lines = (
+        common.GraphThresholdsStyleMode.DASHED
+        if threshold_lines
+        else common.GraphThresholdsStyleMode.OFF
+    )
+    return (
+        _bounds(panel, min_, max_)
+        .unit(unit)
+        .color_scheme(FieldColor().mode(model.FieldColorModeId.PALETTE_CLASSIC))
+        .axis_label(axis)
+        .draw_style(common.GraphDrawStyle.LINE)
+        .fill_opacity(30 if stack else 10)
+        .line_width(1)
+        .show_points(common.VisibilityMode.NEVER)
+        .span_nulls(False)
+        .stacking(StackingConfig().group("A").mode(stacking))
+        .thresholds_style(GraphThresholdsStyleConfig().mode(lines))
+        .legend(
+            VizLegendOptions()
+            .calcs(["lastNotNull", "max"])
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.RIGHT)
+            .show_legend(True)
+            .sort_by("Max")
+            .sort_desc(True)
+        )
+        .tooltip(
+            VizTooltipOptions()
+            .mode(common.TooltipDisplayMode.MULTI)
+            .sort(common.SortOrder.DESCENDING)
+        )
     )
 
 
@@ -236,52 +284,38 @@ def stat(
     *queries: Query,
     unit: str = "short",
     steps: Steps = GREEN_ONLY,
-    mappings: Sequence[Json] = (),
-    text_mode: str = "value_and_name",
+    mappings: Mappings = (),
+    text_mode: common.BigValueTextMode = common.BigValueTextMode.VALUE_AND_NAME,
     graph: bool = False,
-) -> Json:
-    return _panel(
-        "stat",
-        title,
-        description,
-        queries,
-        instant=False,
-        defaults=_defaults(
-            unit,
-            steps,
-            min_=None,
-            max_=None,
-            color={"mode": "thresholds"},
-            mappings=list(mappings),
-        ),
-        options={
-            "colorMode": "value",
-            "graphMode": "area" if graph else "none",
-            "justifyMode": "auto",
-            "orientation": "auto",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "textMode": text_mode,
-            "wideLayout": True,
-        },
+) -> StatPanel:
+    return (
+        _panel(StatPanel(), title, description, queries, instant=False, steps=steps)
+        .unit(unit)
+        .color_scheme(_by_value())
+        .mappings(list(mappings))
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.AREA if graph else common.BigValueGraphMode.NONE)
+        .justify_mode(common.BigValueJustifyMode.AUTO)
+        .orientation(common.VizOrientation.AUTO)
+        .reduce_options(_last_value())
+        .text_mode(text_mode)
+        .wide_layout(True)
     )
 
 
 def gauge(
     title: str, description: str, *queries: Query, unit: str, steps: Steps, max_: float
-) -> Json:
-    return _panel(
-        "gauge",
-        title,
-        description,
-        queries,
-        instant=False,
-        defaults=_defaults(unit, steps, min_=0, max_=max_, color={"mode": "thresholds"}),
-        options={
-            "orientation": "auto",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "showThresholdLabels": False,
-            "showThresholdMarkers": True,
-        },
+) -> GaugePanel:
+    return (
+        _panel(GaugePanel(), title, description, queries, instant=False, steps=steps)
+        .unit(unit)
+        .color_scheme(_by_value())
+        .min(0)
+        .max(max_)
+        .orientation(common.VizOrientation.AUTO)
+        .reduce_options(_last_value())
+        .show_threshold_labels(False)
+        .show_threshold_markers(True)
     )
 
 
@@ -291,50 +325,45 @@ def bargauge(
     *queries: Query,
     unit: str,
     steps: Steps = GREEN_ONLY,
-    max_: float | None = None,
-) -> Json:
-    return _panel(
-        "bargauge",
-        title,
-        description,
-        queries,
-        instant=True,
-        defaults=_defaults(unit, steps, min_=0, max_=max_, color={"mode": "thresholds"}),
-        options={
-            "displayMode": "gradient",
-            "minVizHeight": 16,
-            "orientation": "horizontal",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "showUnfilled": True,
-            "valueMode": "color",
-        },
+) -> BarGaugePanel:
+    return (
+        _panel(BarGaugePanel(), title, description, queries, instant=True, steps=steps)
+        .unit(unit)
+        .color_scheme(_by_value())
+        .min(0)
+        .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+        .min_viz_height(16)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .reduce_options(_last_value())
+        .show_unfilled(True)
+        .value_mode(common.BarGaugeValueMode.COLOR)
     )
 
 
-def state_timeline(title: str, description: str, *queries: Query, mappings: Sequence[Json]) -> Json:
-    return _panel(
-        "state-timeline",
-        title,
-        description,
-        queries,
-        instant=False,
-        defaults=_defaults(
-            "short",
-            ((None, "red"), (1, "green")),
-            min_=None,
-            max_=None,
-            color={"mode": "thresholds"},
-            mappings=list(mappings),
-            custom={"fillOpacity": 80, "lineWidth": 0},
-        ),
-        options={
-            "alignValue": "left",
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False},
-            "mergeValues": True,
-            "rowHeight": 0.9,
-            "showValue": "never",
-            "tooltip": {"mode": "single", "sort": "none"},
-        },
+def state_timeline(
+    title: str, description: str, *queries: Query, mappings: Mappings
+) -> StateTimelinePanel:
+    steps = ((None, "red"), (1, "green"))
+    return (
+        _panel(StateTimelinePanel(), title, description, queries, instant=False, steps=steps)
+        .unit("short")
+        .color_scheme(_by_value())
+        .mappings(list(mappings))
+        .fill_opacity(80)
+        .line_width(0)
+        .align_value(common.TimelineValueAlignment.LEFT)
+        .legend(
+            VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(False)
+        )
+        .merge_values(True)
+        .row_height(0.9)
+        .show_value(common.VisibilityMode.NEVER)
+        .tooltip(
+            VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE).sort(common.SortOrder.NONE)
+        )
     )
 
 
@@ -347,9 +376,27 @@ class Column:
     expr: str
     unit: str = "short"
     steps: Steps = GREEN_ONLY
-    mappings: tuple[Json, ...] = ()
+    mappings: Mappings = ()
     colour: bool = False
     hidden: bool = False
+
+    def properties(self) -> list[model.DynamicConfigValue]:
+        """The field overrides that format this column."""
+        properties = [
+            model.DynamicConfigValue(id_val="unit", value=self.unit),
+            model.DynamicConfigValue(id_val="thresholds", value=_thresholds(self.steps).build()),
+        ]
+        if self.mappings:
+            properties.append(
+                model.DynamicConfigValue(id_val="mappings", value=list(self.mappings))
+            )
+        if self.colour:
+            properties.append(
+                model.DynamicConfigValue(
+                    id_val="custom.cellOptions", value=common.TableColorTextCellOptions()
+                )
+            )
+        return properties
 
 
 # Fields a table never shows: the time of the instant query, the metric name and the scrape's
@@ -359,6 +406,48 @@ class Column:
 _HIDDEN_FIELDS = ("Time", "__name__", "instance", "job")
 
 
+def _organize(options: Json) -> model.DataTransformerConfig:
+    # Transformation options are free-form in Grafana's schema, so in the SDK's too.
+    return model.DataTransformerConfig(id_val="organize", options=options)
+
+
+def _table_transformations(
+    labels: Sequence[str], columns: Sequence[Column], hide: Sequence[str]
+) -> list[model.DataTransformerConfig]:
+    """Merge the columns' frames into one (joined on their labels), then order, hide and
+    rename the fields."""
+    # Grafana names the value field of an instant table query "Value", or "Value #<refId>"
+    # when several queries return data.
+    if len(columns) == 1:
+        value_fields = ["Value"]
+    else:
+        value_fields = [f"Value #{chr(ord('A') + i)}" for i in range(len(columns))]
+    hidden = {name: True for name in _HIDDEN_FIELDS}
+    transformations = []
+    if len(columns) > 1:
+        transformations += [
+            _organize({"excludeByName": hidden}),
+            model.DataTransformerConfig(id_val="merge", options={}),
+        ]
+    named = list(zip(value_fields, columns, strict=True))
+    transformations.append(
+        _organize(
+            {
+                "excludeByName": {
+                    **hidden,
+                    **{name: True for name in hide},
+                    **{field: True for field, column in named if column.hidden},
+                },
+                "indexByName": {name: index for index, name in enumerate([*labels, *value_fields])},
+                "renameByName": {
+                    field: column.name for field, column in named if not column.hidden
+                },
+            }
+        )
+    )
+    return transformations
+
+
 def table(
     title: str,
     description: str,
@@ -366,132 +455,133 @@ def table(
     *columns: Column,
     sort_by: str | None = None,
     hide: Sequence[str] = (),
-) -> Json:
+) -> TablePanel:
     """A table with the label columns `labels` (in this order, `hide` left out) and one value
     column per Column. Several columns are joined on their labels (Grafana's merge
     transformation), so every column's query must return the same label names."""
-    queries = [Query(c.expr) for c in columns]
-    # Grafana names the value field of an instant table query "Value", or "Value #<refId>"
-    # when several queries return data.
-    if len(columns) == 1:
-        value_fields = ["Value"]
-    else:
-        value_fields = [f"Value #{chr(ord('A') + i)}" for i in range(len(columns))]
-    overrides = []
+    queries = [Query(column.expr) for column in columns]
+    panel = _panel(TablePanel(), title, description, queries, instant=True)
     for column in columns:
-        properties: list[Json] = [
-            {"id": "unit", "value": column.unit},
-            {"id": "thresholds", "value": _thresholds(column.steps)},
-        ]
-        if column.mappings:
-            properties.append({"id": "mappings", "value": list(column.mappings)})
-        if column.colour:
-            properties.append({"id": "custom.cellOptions", "value": {"type": "color-text"}})
-        overrides.append(
-            {"matcher": {"id": "byName", "options": column.name}, "properties": properties}
-        )
-    hidden = {name: True for name in _HIDDEN_FIELDS}
-    transformations: list[Json] = []
-    if len(columns) > 1:
-        transformations += [
-            {"id": "organize", "options": {"excludeByName": hidden}},
-            {"id": "merge", "options": {}},
-        ]
-    transformations.append(
-        {
-            "id": "organize",
-            "options": {
-                "excludeByName": {
-                    **hidden,
-                    **{name: True for name in hide},
-                    **{f: True for f, c in zip(value_fields, columns, strict=True) if c.hidden},
-                },
-                "indexByName": {name: index for index, name in enumerate([*labels, *value_fields])},
-                "renameByName": {
-                    f: c.name for f, c in zip(value_fields, columns, strict=True) if not c.hidden
-                },
-            },
-        }
+        panel = panel.override_by_name(column.name, column.properties())
+    for transformation in _table_transformations(labels, columns, hide):
+        panel = panel.with_transformation(transformation)
+    shown = [column.name for column in columns if not column.hidden]
+    return (
+        panel.align(common.FieldTextAlignment.AUTO)
+        .cell_options(common.TableAutoCellOptions())
+        .filterable(True)
+        .cell_height(common.TableCellHeight.SM)
+        .footer(TableFooterOptions().show(False).reducer(["sum"]))
+        .show_header(True)
+        .sort_by([TableSortByFieldState().display_name(sort_by or shown[0]).desc(True)])
     )
-    shown = [c.name for c in columns if not c.hidden]
-    return _panel(
-        "table",
-        title,
-        description,
-        queries,
-        instant=True,
-        defaults={
-            "custom": {"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True},
-            "thresholds": _thresholds(GREEN_ONLY),
-        },
-        options={
-            "cellHeight": "sm",
-            "footer": {"show": False, "reducer": ["sum"], "fields": ""},
-            "showHeader": True,
-            "sortBy": [{"displayName": sort_by or shown[0], "desc": True}],
-        },
-        overrides=overrides,
-        transformations=transformations,
-    )
-
-
-def row(title: str) -> Json:
-    return {"type": "row", "title": title, "collapsed": False, "panels": []}
 
 
 # --- dashboards -------------------------------------------------------------------------------
 
 
-def _variables() -> list[Json]:
+class _QueryVariableModel(model.VariableModel):
+    """A variable model that also writes `definition`: the text Grafana shows for a variable's
+    query in its settings, and writes into the JSON it saves. The Grafana 10.4 schema this SDK
+    line is generated from has no such field, so the SDK cannot set it."""
+
+    definition: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        payload = super().to_json()
+        if self.definition is not None:
+            payload["definition"] = self.definition
+        return payload
+
+
+class _QueryVariable(QueryVariable):
+    """The SDK's query variable builder, building the model above."""
+
+    _internal: _QueryVariableModel
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._internal = _QueryVariableModel(type_val=model.VariableType.QUERY, name=name)
+
+    def definition(self, definition: str) -> Self:
+        self._internal.definition = definition
+        return self
+
+
+def _query_variable(name: str, label: str, query: str) -> _QueryVariable:
+    return (
+        _QueryVariable(name)
+        .label(label)
+        .hide(model.VariableHide.DONT_HIDE)
+        .datasource(DATASOURCE)
+        # The classic string form: Grafana's query editor object form with qryType 1
+        # would need the metric and label in separate fields and ignore this string.
+        .query(query)
+        .definition(query)
+        .multi(True)
+        .include_all(True)
+        # `.+` instead of a list of every value: short queries, and series of values the
+        # variable query did not list (a PgBouncer pool, a database created since) match.
+        .all_value(".+")
+        .current(model.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .options([])
+        # On time range change: new targets and databases appear.
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .regex("")
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def _variables() -> list[Builder[model.VariableModel]]:
     """The same three variables on every dashboard."""
-    all_selected = {"selected": True, "text": ["All"], "value": ["$__all"]}
-
-    def query_variable(name: str, label: str, query: str) -> Json:
-        return {
-            # `.+` instead of a list of every value: short queries, and series of values the
-            # variable query did not list (a PgBouncer pool, a database created since) match.
-            "allValue": ".+",
-            "current": all_selected,
-            "datasource": DATASOURCE,
-            "definition": query,
-            "hide": 0,
-            "includeAll": True,
-            "label": label,
-            "multi": True,
-            "name": name,
-            "options": [],
-            # The classic string form: Grafana's query editor object form with qryType 1
-            # would need the metric and label in separate fields and ignore this string.
-            "query": query,
-            "refresh": 2,  # on time range change: new targets and databases appear
-            "regex": "",
-            "skipUrlSync": False,
-            "sort": 1,
-            "type": "query",
-        }
-
     return [
-        {
-            "current": {},
-            "hide": 0,
-            "includeAll": False,
-            "label": "Data source",
-            "multi": False,
-            "name": "datasource",
-            "options": [],
-            "query": "prometheus",
-            "refresh": 1,
-            "regex": "",
-            "skipUrlSync": False,
-            "type": "datasource",
-        },
-        query_variable("target", "Target", "label_values(pg_up, target)"),
-        query_variable(
+        # No current value, options or refresh: the SDK's builder has no setters for them, and
+        # Grafana starts a datasource variable without them at {}, [] and "on dashboard load".
+        DatasourceVariable("datasource")
+        .label("Data source")
+        .hide(model.VariableHide.DONT_HIDE)
+        .type("prometheus")
+        .multi(False)
+        .include_all(False)
+        .regex(""),
+        _query_variable("target", "Target", "label_values(pg_up, target)"),
+        _query_variable(
             "datname",
             "Database",
             'label_values(pg_database_size_bytes{target=~"$target"}, datname)',
         ),
     ]
+
+
+def _menu_link() -> DashboardLink:
+    """Every dashboard tagged pg-health-exporter, keeping the time range and the chosen
+    datasource, target and database."""
+    return (
+        DashboardLink("PostgreSQL health")
+        .type(model.DashboardLinkType.DASHBOARDS)
+        .as_dropdown(True)
+        .icon("external link")
+        .include_vars(True)
+        .keep_time(True)
+        .tags(["pg-health-exporter"])
+        .target_blank(False)
+        .tooltip("")
+        .url("")
+    )
+
+
+def _annotations() -> AnnotationQuery:
+    """Grafana's built-in annotations and alerts, as Grafana adds them to a new dashboard."""
+    return (
+        AnnotationQuery()
+        .built_in(1)
+        .datasource(model.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+        .enable(True)
+        .hide(True)
+        .icon_color("rgba(0, 211, 255, 1)")
+        .name("Annotations & Alerts")
+        .type("dashboard")
+    )
 
 
 # Panel sizes on Grafana's 24-column grid.
@@ -500,80 +590,50 @@ FULL, HALF, THIRD, QUARTER, SIXTH = 24, 12, 8, 6, 4
 
 @dataclass(frozen=True)
 class Spec:
-    """A dashboard: file name, uid, title, what it is for, and its panels with their widths
-    and heights, in reading order (rows start a new line)."""
+    """A dashboard: file name, uid, title, what it is for, and its rows and panels (with their
+    widths and heights) in reading order. The SDK's Dashboard builder lays them out: panels
+    left to right, a new line once one is full, a row on a line of its own. It starts a new
+    line only after a panel reaches the right edge, so the widths on a line must add up to 24
+    (test_panels_fit_the_grid_without_overlapping fails on one that sticks out)."""
 
     file: str
     uid: str
     title: str
     description: str
-    panels: Sequence[tuple[Json, int, int]]
+    panels: Sequence[Row | tuple[PanelBuilder, int, int]]
 
 
-def _layout(panels: Iterable[tuple[Json, int, int]]) -> list[Json]:
-    """Place panels left to right, wrapping at the grid's width; a row takes a line."""
-    placed: list[Json] = []
-    x = y = line_height = 0
-    for index, (panel, width, height) in enumerate(panels, start=1):
-        if panel["type"] == "row" or x + width > FULL:
-            x, y, line_height = 0, y + line_height, 0
-        placed.append({**panel, "id": index, "gridPos": {"h": height, "w": width, "x": x, "y": y}})
-        x += width
-        line_height = max(line_height, height)
-        if panel["type"] == "row":
-            x, y, line_height = 0, y + height, 0
-    return placed
-
-
-def render(spec: Spec) -> Json:
-    return {
-        "annotations": {
-            "list": [
-                {
-                    "builtIn": 1,
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": True,
-                    "iconColor": "rgba(0, 211, 255, 1)",
-                    "name": "Annotations & Alerts",
-                    "type": "dashboard",
-                }
-            ]
-        },
-        "description": spec.description,
-        "editable": True,
-        "fiscalYearStartMonth": 0,
-        "graphTooltip": 1,
-        "id": None,
-        "links": [
-            {
-                # Every dashboard tagged pg-health-exporter, keeping the time range and the
-                # chosen datasource, target and database.
-                "asDropdown": True,
-                "icon": "external link",
-                "includeVars": True,
-                "keepTime": True,
-                "tags": ["pg-health-exporter"],
-                "targetBlank": False,
-                "title": "PostgreSQL health",
-                "tooltip": "",
-                "type": "dashboards",
-                "url": "",
-            }
-        ],
-        "panels": _layout(spec.panels),
-        "refresh": "1m",
-        "schemaVersion": SCHEMA_VERSION,
-        "tags": TAGS,
-        "templating": {"list": _variables()},
-        "time": {"from": "now-6h", "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "title": spec.title,
-        "uid": spec.uid,
-        "version": 1,
-        "weekStart": "",
-    }
+def render(spec: Spec) -> model.Dashboard:
+    dashboard = (
+        Dashboard(spec.title)
+        .uid(spec.uid)
+        .description(spec.description)
+        .tags(TAGS)
+        .editable()
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .time("now-6h", "now")
+        # "": each viewer's own time zone setting (the SDK's default is "browser").
+        .timezone("")
+        .week_start("")
+        .fiscal_year_start_month(0)
+        .refresh("1m")
+        .version(1)
+        .annotation(_annotations())
+        .link(_menu_link())
+        .variables(_variables())
+    )
+    for index, entry in enumerate(spec.panels, start=1):
+        if isinstance(entry, Row):
+            dashboard = dashboard.with_row(entry.id(index))
+        else:
+            panel, width, height = entry
+            dashboard = dashboard.with_panel(panel.id(index).span(width).height(height))
+    built = dashboard.build()
+    # The Dashboard builder has no setter for the schema version, and the models of the
+    # Grafana 10.4 line default to 36: Grafana would then run on this JSON the migrations
+    # written for versions 37 to 39, which it does not need.
+    built.schema_version = SCHEMA_VERSION
+    return built
 
 
 def _overview() -> Spec:
@@ -592,7 +652,7 @@ def _overview() -> Spec:
             "Is each PostgreSQL server up, how busy and how healthy is it, and which alerts fire."
         ),
         panels=[
-            (row("Status"), FULL, 1),
+            Row("Status"),
             (
                 stat(
                     "Targets up",
@@ -612,7 +672,7 @@ def _overview() -> Spec:
                     "Server version",
                     "PostgreSQL version of each target (pg_server_info).",
                     Query(sel("pg_server_info", db=False), "{{target}}: {{version}}"),
-                    text_mode="name",
+                    text_mode=common.BigValueTextMode.NAME,
                 ),
                 QUARTER,
                 4,
@@ -643,7 +703,7 @@ def _overview() -> Spec:
                 QUARTER,
                 4,
             ),
-            (row("Connections"), FULL, 1),
+            Row("Connections"),
             (
                 timeseries(
                     "Connections and the limit",
@@ -676,7 +736,7 @@ def _overview() -> Spec:
                 HALF,
                 8,
             ),
-            (row("Cache and transactions"), FULL, 1),
+            Row("Cache and transactions"),
             (
                 timeseries(
                     "Heap cache hit ratio",
@@ -777,7 +837,7 @@ def _overview() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("Databases"), FULL, 1),
+            Row("Databases"),
             (
                 bargauge(
                     "Database sizes",
@@ -830,7 +890,7 @@ def _overview() -> Spec:
                 QUARTER,
                 8,
             ),
-            (row("Alerts"), FULL, 1),
+            Row("Alerts"),
             (
                 table(
                     "Alerts firing now",
@@ -898,7 +958,7 @@ def _queries() -> Spec:
             "temporary files."
         ),
         panels=[
-            (row("Top statements"), FULL, 1),
+            Row("Top statements"),
             (
                 table(
                     "Top statements by execution time",
@@ -961,7 +1021,7 @@ def _queries() -> Spec:
                 HALF,
                 9,
             ),
-            (row("Block I/O and temporary files"), FULL, 1),
+            Row("Block I/O and temporary files"),
             (
                 timeseries(
                     "Shared blocks read",
@@ -1050,7 +1110,7 @@ def _queries() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("Per database"), FULL, 1),
+            Row("Per database"),
             (
                 timeseries(
                     "Execution time per database",
@@ -1148,7 +1208,7 @@ def _tables() -> Spec:
             "sequences."
         ),
         panels=[
-            (row("Index health"), FULL, 1),
+            Row("Index health"),
             (
                 bargauge(
                     "Findings by check",
@@ -1249,7 +1309,7 @@ def _tables() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("Index usage"), FULL, 1),
+            Row("Index usage"),
             (
                 timeseries(
                     "Index scans",
@@ -1286,7 +1346,7 @@ def _tables() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("Bloat"), FULL, 1),
+            Row("Bloat"),
             (
                 table(
                     "Table bloat",
@@ -1325,7 +1385,7 @@ def _tables() -> Spec:
                 FULL,
                 6,
             ),
-            (row("Dead rows, vacuum and analyze"), FULL, 1),
+            Row("Dead rows, vacuum and analyze"),
             (
                 timeseries(
                     "Dead rows",
@@ -1406,7 +1466,7 @@ def _tables() -> Spec:
                 FULL,
                 10,
             ),
-            (row("Sizes"), FULL, 1),
+            Row("Sizes"),
             (
                 timeseries(
                     "Largest tables",
@@ -1441,7 +1501,7 @@ def _tables() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("Sequences"), FULL, 1),
+            Row("Sequences"),
             (
                 timeseries(
                     "Highest sequence use per database",
@@ -1492,7 +1552,7 @@ def _connections() -> Spec:
             "the exporter's own connection pool."
         ),
         panels=[
-            (row("Client connections"), FULL, 1),
+            Row("Client connections"),
             (
                 timeseries(
                     "Connections by state",
@@ -1574,7 +1634,7 @@ def _connections() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("Limits"), FULL, 1),
+            Row("Limits"),
             (
                 timeseries(
                     "Server connection limit used",
@@ -1628,7 +1688,7 @@ def _connections() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("Transactions and locks"), FULL, 1),
+            Row("Transactions and locks"),
             (
                 timeseries(
                     "Longest open transaction",
@@ -1712,7 +1772,7 @@ def _connections() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("PgBouncer"), FULL, 1),
+            Row("PgBouncer"),
             (
                 timeseries(
                     "Clients waiting for a server",
@@ -1805,7 +1865,7 @@ def _connections() -> Spec:
                 THIRD,
                 8,
             ),
-            (row("The exporter's own connection pool"), FULL, 1),
+            Row("The exporter's own connection pool"),
             (
                 timeseries(
                     "Exporter pool connections",
@@ -1876,15 +1936,7 @@ def _exporter() -> Spec:
         f"sum by (target) ((1 - {sel('pg_exporter_collector_up', db=False)})"
         f" unless on(target, collector) ({sel('pg_exporter_collector_available', db=False)} == 0))"
     )
-    available_mappings: tuple[Json, ...] = (
-        {
-            "type": "value",
-            "options": {
-                "0": {"text": "unavailable", "color": "orange", "index": 0},
-                "1": {"text": "available", "color": "green", "index": 1},
-            },
-        },
-    )
+    available_mappings = value_texts(("0", "unavailable", "orange"), ("1", "available", "green"))
     return Spec(
         file="exporter.json",
         uid="pg-health-exporter",
@@ -1894,7 +1946,7 @@ def _exporter() -> Spec:
             "duration, errors and series."
         ),
         panels=[
-            (row("Status"), FULL, 1),
+            Row("Status"),
             (
                 state_timeline(
                     "Target reachability",
@@ -1947,7 +1999,7 @@ def _exporter() -> Spec:
                 SIXTH,
                 5,
             ),
-            (row("Collectors"), FULL, 1),
+            Row("Collectors"),
             (
                 table(
                     "Collector states",
@@ -2061,9 +2113,16 @@ def _exporter() -> Spec:
 SPECS: tuple[Callable[[], Spec], ...] = (_overview, _queries, _tables, _connections, _exporter)
 
 
+def _texts() -> dict[str, str]:
+    """File name -> the JSON text of every dashboard, as the SDK's encoder writes it (sorted
+    keys: the order does not then depend on the order of the SDK's fields)."""
+    encoder = JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False)
+    return {spec.file: encoder.encode(render(spec)) + "\n" for spec in (b() for b in SPECS)}
+
+
 def dashboards() -> list[tuple[str, Json]]:
     """(file name, dashboard JSON) of every dashboard."""
-    return [(spec.file, render(spec)) for spec in (build() for build in SPECS)]
+    return [(file, json.loads(text)) for file, text in _texts().items()]
 
 
 def _all_panels(panels: Iterable[Json]) -> Iterable[Json]:
@@ -2099,17 +2158,13 @@ def panel_queries() -> list[tuple[str, str, str]]:
     return found
 
 
-def _text(dashboard: Json) -> str:
-    return json.dumps(dashboard, indent=2, ensure_ascii=False) + "\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if a JSON file differs from what this writes"
     )
     args = parser.parse_args(argv)
-    built = {file: _text(dashboard) for file, dashboard in dashboards()}
+    built = _texts()
     if args.check:
         stale = sorted(
             file
