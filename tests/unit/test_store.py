@@ -1,0 +1,183 @@
+"""Rendering and the in-memory store, without a database."""
+
+import datetime as dt
+import gzip
+from decimal import Decimal
+
+import pytest
+from prometheus_client.core import GaugeMetricFamily
+
+from exporter.catalogue import Collector, CollectorSpec
+from exporter.collection.run import to_families
+from exporter.errors import CollectorFailed
+from exporter.exposition.render import render
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import Store
+from exporter.status import CollectorStatus, Reachability, State
+from support import names, parse_exposition, value
+
+pytestmark = pytest.mark.any_major
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+OK = CollectorStatus(state=State.OK, series=1)
+
+
+def gauge(name: str, target: str, val: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, "help text", labels=["target"])
+    family.add_metric([target], val)
+    return family
+
+
+COLLECTOR = Collector(
+    name="demo",
+    builtin=False,
+    spec=CollectorSpec.model_validate(
+        {
+            "help": "test",
+            "queries": [
+                {
+                    "sql": "SELECT",
+                    "metrics": {
+                        "datname": "label",
+                        "size": {"usage": "gauge", "name": "size_bytes", "unit": "bytes"},
+                        "calls": "counter",
+                        "time": {"usage": "counter", "name": "time_seconds", "scale": 0.001},
+                        "reset": {"usage": "gauge", "name": "reset_timestamp_seconds"},
+                        "note": "ignore",
+                    },
+                }
+            ],
+        }
+    ),
+)
+QUERY = COLLECTOR.spec.queries[0]
+
+
+def test_rows_become_families() -> None:
+    reset = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows: list[tuple[object, ...]] = [
+        ("app", 10, Decimal(3), 1500.0, reset, "x"),
+        ("other", None, 1, 0.0, None, "y"),
+    ]
+    columns = ["datname", "size", "calls", "time", "reset", "note"]
+    families = to_families(COLLECTOR, QUERY, columns, rows, {"target": "t"})
+    text = b"".join(f.header + f.samples for f in render(families)).decode()
+    samples = parse_exposition(text)
+    assert value(samples, "pg_demo_size_bytes", datname="app") == 10
+    assert value(samples, "pg_demo_size_bytes", datname="other") is None  # NULL: no sample, not 0
+    assert value(samples, "pg_demo_calls_total", datname="app", target="t") == 3
+    assert value(samples, "pg_demo_time_seconds_total", datname="app") == 1.5
+    assert value(samples, "pg_demo_reset_timestamp_seconds", datname="app") == reset.timestamp()
+    assert "note" not in text
+    assert "# TYPE pg_demo_calls_total counter" in text
+
+
+def test_unmapped_column_is_an_error() -> None:
+    with pytest.raises(CollectorFailed, match=r"column.*extra.*not mapped"):
+        to_families(COLLECTOR, QUERY, ["datname", "size", "extra"], [("a", 1, 2)], {})
+
+
+def test_duplicate_label_sets_are_an_error_not_a_broken_scrape() -> None:
+    with pytest.raises(CollectorFailed, match="two rows share the labels"):
+        to_families(COLLECTOR, QUERY, ["datname", "size"], [("a", 1), ("a", 2)], {"target": "t"})
+
+
+def test_families_of_many_parts_share_one_header() -> None:
+    store = Store(self_metrics=self_metrics)
+    for target in ("a", "b"):
+        parts = {"": render([gauge("pg_demo_x", target, 1)])}
+        store.publish(target, "demo", parts, OK, max_age=60)
+    body = store.snapshot().body.decode()
+    assert body.count("# TYPE pg_demo_x gauge") == 1
+    samples = parse_exposition(body)  # the parser rejects a family split in two
+    assert value(samples, "pg_demo_x", target="a") == 1
+    assert value(samples, "pg_demo_x", target="b") == 1
+
+
+def test_snapshot_is_cached_until_something_changes() -> None:
+    store = Store(self_metrics=self_metrics)
+    store.publish("a", "demo", {"": render([gauge("pg_demo_x", "a", 1)])}, OK, max_age=60)
+    first = store.snapshot()
+    assert store.snapshot() is first
+    assert first.gzipped() is first.gzipped()
+    assert gzip.decompress(first.gzipped()) == first.body
+    store.publish("a", "demo", None, CollectorStatus(state=State.OK, series=2), max_age=60)
+    assert store.snapshot() is not first
+
+
+def test_stale_parts_leave_the_exposition() -> None:
+    clock = FakeClock()
+    store = Store(self_metrics=self_metrics, clock=clock)
+    store.publish_target("a", Reachability(up=True, seq=1))
+    store.publish("a", "demo", {"": render([gauge("pg_demo_x", "a", 1)])}, OK, max_age=45)
+    assert b"pg_demo_x{" in store.snapshot().body
+    clock.now += 44.9
+    assert b"pg_demo_x{" in store.snapshot().body
+    clock.now += 0.2
+    body = store.snapshot().body
+    assert b"pg_demo_x{" not in body
+    assert b'pg_up{target="a"} 1.0' in body  # self-metrics are never stale
+
+
+def test_a_run_replaces_the_parts_of_every_database() -> None:
+    store = Store(self_metrics=self_metrics)
+    parts = {db: render([gauge("pg_demo_x", db, 1)]) for db in ("app", "gone")}
+    store.publish("a", "demo", parts, OK, max_age=60)
+    store.publish("a", "demo", {"app": parts["app"]}, OK, max_age=60)
+    body = store.snapshot().body
+    assert b'target="app"' in body
+    assert b'target="gone"' not in body
+
+
+def test_self_metrics() -> None:
+    store = Store(self_metrics=self_metrics)
+    store.publish_target("a", Reachability(up=False, message="connection refused", seq=1))
+    unavailable = CollectorStatus(state=State.UNAVAILABLE, message="no extension")
+    store.publish("a", "demo", {}, unavailable, max_age=60)
+    ok = CollectorStatus(state=State.OK, last_success=5.0, series=3)
+    store.publish("a", "ok", None, ok, max_age=60)
+    samples = parse_exposition(store.snapshot().body.decode())
+    assert value(samples, "pg_up", target="a") == 0
+    assert value(samples, "pg_exporter_collector_available", collector="demo") == 0
+    assert value(samples, "pg_exporter_collector_available", reason="no extension") == 0
+    assert value(samples, "pg_exporter_collector_up", collector="ok") == 1
+    assert value(samples, "pg_exporter_collector_series", collector="ok") == 3
+    assert (
+        value(samples, "pg_exporter_collector_last_success_timestamp_seconds", collector="ok") == 5
+    )
+    assert value(samples, "pg_exporter_build_info") == 1
+
+
+def test_forget_collector_removes_its_data_and_status_only() -> None:
+    store = Store(self_metrics=self_metrics)
+    for collector in ("gone", "kept"):
+        parts = {"app": render([gauge(f"pg_{collector}_x", "app", 1)])}
+        store.publish("a", collector, parts, OK, max_age=60)
+    store.publish_target("a", Reachability(up=True, seq=1))
+    store.forget("a", "gone")
+    samples = parse_exposition(store.snapshot().body.decode())
+    assert "pg_gone_x" not in names(samples)
+    assert value(samples, "pg_exporter_collector_up", collector="gone") is None
+    assert "pg_kept_x" in names(samples)
+    assert value(samples, "pg_exporter_collector_up", collector="kept") == 1
+    assert value(samples, "pg_up", target="a") == 1
+
+
+def test_an_older_finding_about_a_target_never_overwrites_a_newer_one() -> None:
+    """A collector that saw the target down publishes after the probe that saw it come back."""
+    store = Store(self_metrics=self_metrics)
+    seen_down = Reachability(up=False, message="connection refused", seq=1)
+    seen_up = Reachability(up=True, server_version="18.1", seq=2)
+    store.publish_target("a", seen_up)
+    store.publish("a", "demo", None, OK, max_age=60, reach=seen_down)
+    assert store.targets()["a"].reach == seen_up
+    samples = parse_exposition(store.snapshot().body.decode())
+    assert value(samples, "pg_up", target="a") == 1
