@@ -2,7 +2,8 @@
 
 A job computes everything first (rendered parts, the collector's new status, what it found out
 about the target) and then publishes it to the store in one call. A collector job keeps its own
-previous status and its capped queries' sticky choices, since only it reads them.
+previous status and what its queries remember (sticky choices, slower queries' results),
+since only it reads them.
 """
 
 import logging
@@ -13,7 +14,7 @@ import psycopg
 from prometheus_client.core import Metric
 
 from exporter.catalogue import Collector
-from exporter.collection.run import Selections, plan, run
+from exporter.collection.run import QueryMemory, plan, run
 from exporter.errors import (
     CollectorFailed,
     CollectorUnavailable,
@@ -85,8 +86,8 @@ class CollectorJob:
     store: Store
     max_age: float
     status: CollectorStatus = field(default_factory=CollectorStatus)  # the previous run's
-    # What the capped queries chose last time, by database (see rowcap.py).
-    selections: dict[str, Selections] = field(default_factory=dict)
+    # What the queries remember between runs, by database (see run.QueryMemory).
+    memory: dict[str, QueryMemory] = field(default_factory=dict)
 
     def __call__(self) -> None:
         started = time.monotonic()
@@ -168,7 +169,7 @@ class CollectorJob:
                 steps,
                 labels=labels,
                 timeout_seconds=collector.spec.timeout,
-                selections=self.selections.setdefault(database or "", {}),
+                memory=self.memory.setdefault(database or "", QueryMemory()),
             )
 
     def _visit_databases(self, facts: ServerFacts) -> dict[str, tuple[RenderedFamily, ...]]:

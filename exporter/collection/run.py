@@ -3,7 +3,8 @@ turn the rows into metric families."""
 
 import contextlib
 import datetime as dt
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import psycopg
@@ -53,8 +54,14 @@ def _unavailable(reason: str) -> Plan:
     raise CollectorUnavailable(reason)
 
 
-# What each capped query chose last time, by query name: see rowcap.py.
-Selections = dict[str, frozenset[RowKey]]
+@dataclass
+class QueryMemory:
+    """What a collector's queries remember from one run to the next, in one database."""
+
+    # What each capped query chose last time, by query name: see rowcap.py.
+    chosen: dict[str, frozenset[RowKey]] = field(default_factory=dict)
+    # Queries with an interval of their own: when each last ran, and what it published.
+    results: dict[str, tuple[float, list[Metric]]] = field(default_factory=dict)
 
 
 def run(
@@ -64,11 +71,12 @@ def run(
     *,
     labels: dict[str, str],
     timeout_seconds: float,
-    selections: Selections,
+    memory: QueryMemory,
 ) -> list[Metric]:
     """Run the plan in one read-only transaction bounded by the collector's timeout.
 
-    `selections` carries the capped queries' choices from one run to the next (updated here).
+    `memory` carries the capped queries' choices and the slower queries' last results from
+    one run to the next (updated here).
     """
     spec = collector.spec
     families: list[Metric] = []
@@ -78,6 +86,11 @@ def run(
         if postgres:
             set_statement_timeout(conn, timeout_seconds)
         for query, branch in steps.steps:
+            last = memory.results.get(query.name)
+            now = time.monotonic()
+            if query.interval is not None and last is not None and now - last[0] < query.interval:
+                families.extend(last[1])  # not due: its figure cannot have changed much
+                continue
             # The SQL is the catalogue's own text, not built from input: run it as written,
             # with the collector's params (if any) bound by the driver.
             text = branch.sql.encode()
@@ -89,15 +102,18 @@ def run(
                 key_columns = [
                     c for c in columns if query.metrics.get(c, _IGNORED).usage is Usage.LABEL
                 ]
-                rows, selections[query.name] = cap_rows(
+                rows, memory.chosen[query.name] = cap_rows(
                     query.limit,
                     spec.max_rows(query.limit),
                     columns,
                     rows,
                     key_columns,
-                    selections.get(query.name, frozenset()),
+                    memory.chosen.get(query.name, frozenset()),
                 )
-            families.extend(to_families(collector, query, columns, rows, labels))
+            published = to_families(collector, query, columns, rows, labels)
+            if query.interval is not None:
+                memory.results[query.name] = (now, published)
+            families.extend(published)
     return families
 
 

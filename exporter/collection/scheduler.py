@@ -14,6 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.catalogue import Collector
 from exporter.collection.jobs import CollectorJob, ProbeJob
+from exporter.collection.run import QueryMemory
 from exporter.exposition.store import Store
 from exporter.targets import Target
 
@@ -96,7 +97,10 @@ class Scheduler:
         interval = collector.spec.interval
         job = CollectorJob(target, collector, self._store, interval * self._max_age_intervals)
         if previous is not None:
-            job.status, job.selections = previous.status, previous.selections
+            # The status goes on (errors_total is a counter); the capped queries' choices too,
+            # so a reload does not churn series. Results of the old definition do not.
+            job.status = previous.status
+            job.memory = {db: QueryMemory(chosen=m.chosen) for db, m in previous.memory.items()}
         job_id = f"{target.name}/{collector.name}"
         self._jobs[job_id] = job
         self._scheduler.add_job(
