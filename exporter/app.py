@@ -67,7 +67,8 @@ class Exporter:
 
     def _add_target(self, config: TargetConfig) -> None:
         target = self.registry.add(config)
-        self.store.publish_target(target.name, target.reach)  # "connecting", until probed
+        # "connecting", until probed
+        self.store.publish_target(target.name, target.reach, budget=config.database_time_budget)
         self.scheduler.add_target(target)
 
     def _remove_target(self, name: str) -> None:

@@ -25,7 +25,7 @@ from pydantic import (
 
 from exporter.catalogue import Collector, resolve
 from exporter.errors import ConfigError, validation_problems
-from exporter.units import Duration, parse_listen_address
+from exporter.units import Budget, Duration, parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = ":9188"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -68,6 +68,8 @@ class TargetConfig(BaseModel):
     connect_timeout: Duration = 5.0
     lock_timeout: Duration = 1.0
     idle_in_transaction_timeout: Duration = 60.0
+    # Database time the collectors may use on this server, per second (README: the budget).
+    database_time_budget: Budget = 0.005
     databases: DatabaseFilter = DatabaseFilter()
     # Usually `${ENV_VAR}`; or read from password_file at load time. Never printed.
     password: SecretStr | None = None

@@ -128,8 +128,11 @@ def _limit_note(collector: Collector) -> str:
 def _self_section() -> list[str]:
     example = {
         "<target>": TargetStatus(
-            collectors={"<collector>": CollectorStatus(state=State.OK, last_success=0.0)},
+            collectors={
+                "<collector>": CollectorStatus(state=State.OK, last_success=0.0, interval=60.0)
+            },
             pool={key: 0 for key in POOL_STATS},
+            budget=0.005,
         )
     }
     lines = [

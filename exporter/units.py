@@ -29,6 +29,36 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def parse_budget(value: Any) -> float | None:
+    """Seconds of database time per second from `300ms` (per minute) or `0.5%` (of one core);
+    None for `off`."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    if isinstance(value, str) and (match := _PERCENT.match(value)):
+        share = float(match.group(1)) / 100
+    elif isinstance(value, str):
+        try:
+            share = parse_duration(value) / 60.0
+        except ValueError:
+            raise ValueError(
+                "expected database time per minute (300ms, 2s), a share of one core (0.5%) or off"
+            ) from None
+    else:
+        raise ValueError(
+            "expected database time per minute (300ms, 2s), a share of one core (0.5%) or off"
+        )
+    if not 0 < share <= 1:
+        raise ValueError("a budget is more than nothing and at most one core (100%)")
+    return share
+
+
+# Database time per second; None is no budget. The config spells it per minute or in percent.
+Budget = Annotated[float | None, BeforeValidator(parse_budget)]
+
+
 def format_duration(seconds: float) -> str:
     """The shortest spelling of a duration, for docs and the landing page."""
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):

@@ -112,6 +112,24 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
         "1 if the collector's last run succeeded, 0 if it failed or cannot run here.",
         labels=per_collector,
     )
+    interval = GaugeMetricFamily(
+        "pg_exporter_collector_interval_seconds",
+        "Seconds between the collector's runs now: as configured, or longer to keep the "
+        "target's database time budget.",
+        labels=per_collector,
+    )
+    database_time = CounterMetricFamily(
+        "pg_exporter_collector_database_seconds",
+        "Time the collector's statements kept the server busy (sent to last reply, on the "
+        "exporter's clock): its cost on the monitored database.",
+        labels=per_collector,
+    )
+    budget = GaugeMetricFamily(
+        "pg_exporter_database_time_budget_ratio",
+        "Database time per second the target's collectors may use (0.005: half a percent "
+        "of one core, 300 ms a minute); absent without a budget.",
+        labels=["target"],
+    )
     available = GaugeMetricFamily(
         "pg_exporter_collector_available",
         "0 with a reason when the collector cannot run on this target "
@@ -126,6 +144,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
     }
     for target, status in sorted(targets.items()):
         up.add_metric([target], 1 if status.up else 0)
+        if status.budget is not None:
+            budget.add_metric([target], status.budget)
         if status.pool:
             for key, family in pool.items():
                 scale = 0.001 if key.endswith("_ms") else 1
@@ -137,6 +157,9 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
             duration.add_metric(labels, collector.last_duration)
             errors.add_metric(labels, collector.errors_total)
             series.add_metric(labels, collector.series)
+            if collector.interval:
+                interval.add_metric(labels, collector.interval)
+            database_time.add_metric(labels, collector.database_seconds_total)
             collector_up.add_metric(labels, 1 if collector.state == State.OK else 0)
             unavailable = collector.state == State.UNAVAILABLE
             reason = collector.message if unavailable else ""
@@ -150,5 +173,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
         series,
         collector_up,
         available,
+        interval,
+        database_time,
+        *([budget] if budget.samples else []),
         *(family for family in pool.values() if family.samples),
     ]

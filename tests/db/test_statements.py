@@ -34,7 +34,7 @@ class OneCollector:
         self.registry = TargetRegistry()
         self.target = self.registry.add(config.targets[0])
         self.probe = ProbeJob(self.target, self.store)
-        self.job = CollectorJob(self.target, collector, self.store, max_age=600)
+        self.job = CollectorJob(self.target, collector, self.store, max_age_intervals=60)
 
     def run(self) -> Samples:
         self.probe()

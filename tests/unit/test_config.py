@@ -48,6 +48,10 @@ BAD_CONFIGS = [
         {"targets": [{**TARGET, "connect_timeout": "soon"}]},
         "targets.0.connect_timeout: expected a duration",
     ),
+    (
+        {"targets": [{**TARGET, "database_time_budget": "lots"}]},
+        "targets.0.database_time_budget: expected database time per minute",
+    ),
     ({"targets": []}, "targets: give at least one target"),
     ({}, "targets: Field required"),
     ({"targets": [TARGET, TARGET]}, "targets: duplicate target name(s): main"),
