@@ -159,7 +159,8 @@ class Scheduler:
         budget = self._budgets.get(target)
         if budget is None:  # removed meanwhile
             return job.collector.spec.interval
-        budget.record(job.name, seconds)
+        if seconds > 0:  # a run that never reached the server (target down) says nothing
+            budget.record(job.name, seconds)
         with self._lock:
             for job_id, scheduled in list(self._intervals.items()):
                 other = self._jobs.get(job_id)
@@ -172,10 +173,22 @@ class Scheduler:
             return self._intervals.get(f"{target}/{job.name}", job.collector.spec.interval)
 
     def _reschedule(self, job_id: str, job: CollectorJob, interval: float) -> None:
-        if self._scheduler.get_job(job_id) is None:
+        scheduled = self._scheduler.get_job(job_id)
+        if scheduled is None:
             return
+        # Keep the phase: the next run comes `interval` after the last one, not after now, so
+        # repeated changes can never keep postponing a run.
+        now = dt.datetime.now(dt.UTC)
+        start = now
+        if scheduled.next_run_time is not None:
+            last = scheduled.next_run_time - dt.timedelta(seconds=self._intervals[job_id])
+            start = max(now, last + dt.timedelta(seconds=interval))
         self._scheduler.reschedule_job(
-            job_id, trigger="interval", seconds=interval, jitter=_jitter(interval)
+            job_id,
+            trigger="interval",
+            seconds=interval,
+            jitter=_jitter(interval),
+            start_date=start,
         )
         self._intervals[job_id] = interval
         # What it published stays until its next run, however far that moved.
