@@ -7,17 +7,15 @@ only adds the gzip header, the final empty block and the trailer (CRC-32 and len
 plain body): `gzip_from_pieces`.
 """
 
+import math
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.utils import floatToGoString
-
-# prometheus_client's float spelling (+Inf, NaN, Go's exponents), typed.
-_go_float: Callable[[float], str] = floatToGoString
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 LEVEL = 6
 # gzip member header: magic, deflate, no flags, mtime 0, no extra flags, OS "unknown".
@@ -38,6 +36,21 @@ class RenderedFamily:
     header: bytes
     samples: bytes
     series: int
+
+
+def go_float(value: float) -> str:
+    """A sample value as Prometheus' Go code spells it, as prometheus_client does: +Inf, -Inf,
+    NaN, and exponents for large numbers (1e+20, 1.2345678901234e+13)."""
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to exponents sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
 
 
 def escape_label_value(value: str) -> str:
@@ -73,7 +86,7 @@ class FamilyWriter:
 
     def add(self, labels: str, value: float) -> None:
         """A sample; `labels` as label_set writes them."""
-        self._lines.append(f"{self._sample}{labels} {_go_float(value)}\n")
+        self._lines.append(f"{self._sample}{labels} {go_float(value)}\n")
 
     def rendered(self) -> RenderedFamily:
         return RenderedFamily(
@@ -103,16 +116,22 @@ def merge_families(parts: Iterable[Sequence[RenderedFamily]]) -> tuple[RenderedF
 class _OneShot:
     """The registry interface generate_latest() expects, over a fixed list of families."""
 
-    def __init__(self, families: Iterable[Metric]) -> None:
+    def __init__(self, families: Iterable["Metric"]) -> None:
         self._families = families
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable["Metric"]:
         return self._families
 
 
-def render(families: Iterable[Metric]) -> tuple[RenderedFamily, ...]:
-    """Render families, merging any that share a name (e.g. one query per database)."""
-    merged: dict[str, Metric] = {}
+def render(families: Iterable["Metric"]) -> tuple[RenderedFamily, ...]:
+    """prometheus_client families as rendered families, merging any that share a name.
+
+    For tests and benchmarks that build families with prometheus_client; the exporter itself
+    writes its text with FamilyWriter and never loads prometheus_client.
+    """
+    from prometheus_client.exposition import generate_latest  # noqa: PLC0415 (see above)
+
+    merged: dict[str, "Metric"] = {}
     for family in families:
         if family.name in merged:
             merged[family.name].samples.extend(family.samples)

@@ -2,15 +2,23 @@
 
 import datetime as dt
 import gzip
+import random
 from decimal import Decimal
 
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from exporter.catalogue import Collector, CollectorSpec
 from exporter.collection.run import to_families
 from exporter.errors import CollectorFailed
-from exporter.exposition.render import FamilyWriter, label_set, merge_families, render
+from exporter.exposition.render import (
+    FamilyWriter,
+    go_float,
+    label_set,
+    merge_families,
+    render,
+)
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.status import CollectorStatus, Reachability, State
@@ -228,3 +236,13 @@ def test_families_shared_by_targets_still_make_a_valid_gzip_body() -> None:
     assert gzip.decompress(snapshot.gzipped()) == snapshot.body
     samples = parse_exposition(snapshot.body.decode())  # one header per family
     assert value(samples, "pg_demo_m3", target="c") == 3
+
+
+def test_floats_are_spelled_as_prometheus_client_spells_them() -> None:
+    rng = random.Random(7)
+    values = [0.0, -0.0, 1.0, -1.0, 0.1, 1e-9, 123456.0, 1234567.0, -1234567.0, 2**53, 1e300]
+    values += [rng.uniform(-1e12, 1e12) for _ in range(500)]
+    values += [10 ** rng.uniform(-20, 20) for _ in range(500)]
+    values += [float("inf"), float("-inf"), float("nan")]
+    for number in values:
+        assert go_float(number) == floatToGoString(number), number  # type: ignore[no-untyped-call]
