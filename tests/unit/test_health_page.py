@@ -4,7 +4,6 @@ and the thresholds each check names."""
 import dataclasses
 import json
 import time
-from html.parser import HTMLParser
 
 import jsonschema
 import pytest
@@ -18,6 +17,7 @@ from exporter.report.checks import CHECKS, Thresholds
 from exporter.status import CollectorStatus, Reachability, State
 from exporter.web.health import OWN_THRESHOLDS, HealthPage, thresholds_of
 from support import REPO
+from support.pages import page_text
 
 pytestmark = pytest.mark.any_major
 
@@ -59,43 +59,13 @@ def store() -> Store:
     return store
 
 
-class Text(HTMLParser):
-    """The text of the page as a browser shows it, and the elements it would create."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.text: list[str] = []
-        self.tags: list[str] = []
-        self.titles: list[str] = []
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        self._in_title = tag == "title"
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_title = False
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-        if self._in_title:
-            self.titles.append(data)
-
-
-def parse(page: bytes) -> Text:
-    parser = Text()
-    parser.feed(page.decode())
-    parser.close()
-    return parser
-
-
 def test_hostile_names_are_text_not_markup(store: Store) -> None:
     page = HealthPage(config())
-    parsed = parse(page.html(store))
+    parsed = page_text(page.html(store))
     # Only the page's own elements: one <script> (the copy button), no <img>, <u> or <em>.
     assert parsed.tags.count("script") == 1
     assert {"img", "u", "em"}.isdisjoint(parsed.tags)
-    assert parsed.titles == ["PostgreSQL health · pg-health-exporter"]
+    assert parsed.title == "PostgreSQL health · pg-health-exporter"
     # Every name reads back exactly, as text: the object, its database and the fix.
     text = parsed.text
     assert QUALIFIED_INDEX in text
@@ -132,7 +102,7 @@ def test_page_shows_states_times_and_thresholds(store: Store) -> None:
         max_age=3600,
     )
     html = HealthPage(config()).html(store).decode()
-    parsed = parse(html.encode())
+    parsed = page_text(html)
     text = "".join(parsed.text)
     # Why it cannot run: in the collectors table and as a finding, as text.
     assert text.count("pgstattuple <is> not installed") == 2
