@@ -202,7 +202,8 @@ def _target(
     state = "up" if target.up else "down"
     version = f"{target.product} {target.server_version}" if target.server_version else ""
     out = [
-        f"<section class='target'><h2>{escape(target.name)} <span class='state {state}'>"
+        f"<section class='target' id='{_anchor(target.name)}'>"
+        f"<h2>{escape(target.name)} <span class='state {state}'>"
         f"{state}</span></h2>",
         f"<p class='meta'>{escape(version)}",
     ]
@@ -462,8 +463,9 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 details{margin:14px 0}summary{cursor:pointer;font-weight:600;color:var(--ok)}
 .passed{font-size:13px;padding-left:18px}
 footer{color:var(--muted);font-size:12px;padding-bottom:24px}
-@media (max-width:600px){body{font-size:14px}h1{font-size:22px}.target{padding:12px}
-th,td{padding:4px 6px}}
+@media (max-width:600px){body{font-size:14px}h1{font-size:22px}header,main,footer{padding:0 8px}
+.target{padding:10px}.finding{padding:8px 10px}th,td{padding:4px 6px}
+.counts{gap:6px}.counts li{padding:4px 9px;font-size:13px}.counts b{font-size:17px}}
 """
 
 # The copy buttons: the clipboard API where the page is a secure context (HTTPS, localhost),
