@@ -11,6 +11,7 @@ names, messages, statement texts) is escaped: names are whatever the database al
 import datetime as dt
 import json
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
@@ -83,7 +84,8 @@ class _Version:
     def __init__(
         self, snapshot: Snapshot, report: Report, page: Callable[[], str], document: str
     ) -> None:
-        self.snapshot = snapshot
+        # Weakly: a version replaced in the store must not keep its body (MBs at scale) alive.
+        self.snapshot = weakref.ref(snapshot)
         self.report = report
         self._page = page
         self._html: bytes | None = None
@@ -120,7 +122,7 @@ class HealthPage:
         with self._lock:
             snapshot, statuses = _consistent(store)
             version = self._version
-            if version is None or version.snapshot is not snapshot:
+            if version is None or version.snapshot() is not snapshot:
                 report = judge_store(self._config, snapshot, statuses, self._facts)
                 document = json.dumps(report.as_json(), indent=2, allow_nan=False) + "\n"
                 version = _Version(
