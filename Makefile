@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY_SOURCES := exporter tests bench dashboards deploy
 
-.PHONY: demo test test-unit test-majors lint format metrics-doc dashboards bench bench-go bench-quick install clean
+.PHONY: demo test test-unit test-majors lint format metrics-doc dashboards screenshots bench bench-go bench-quick install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ metrics-doc: $(STAMP)
 ## Regenerate the Grafana dashboards' JSON from dashboards/build.py (lint fails when stale).
 dashboards: $(STAMP)
 	$(BIN)/python dashboards/build.py
+
+## Retake the health page's screenshots (docs/health-page-*.png) from the demo in headless
+## Chromium (Debian's chromium package, as .ci/run installs).
+screenshots: $(STAMP)
+	HEALTH_SCREENSHOTS_DIR=$(CURDIR)/docs $(BIN)/pytest -q tests/stack/test_health_browser.py
 
 ## Benchmarks; results go to BENCHMARKS.md.
 bench: $(STAMP)

@@ -40,10 +40,12 @@ from typing import TypeVar
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bench.common import BENCHMARKS_MD, REPO, machine, memory_kib, write_marked_section
+from exporter.config import parse_config
 from exporter.exposition.render import RenderedFamily, merge_families, render
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.status import CollectorStatus, Reachability, State
+from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
 from exporter.web.server import MetricsServer
 
@@ -413,7 +415,12 @@ def measure(series: int, requests: int, rounds: int) -> Result:
         )
 
     landing = LandingPage(target_dsns={t: f"host=db.example port=5432 dbname={t}" for t in TARGETS})
-    server = MetricsServer(store, landing, "127.0.0.1:0")
+    health = HealthPage(
+        parse_config(
+            {"targets": [{"name": t, "dsn": f"host=db.example dbname={t}"} for t in TARGETS]}
+        )
+    )
+    server = MetricsServer(store, landing, health, "127.0.0.1:0")
     server.start()
     try:
         _, body = scrape(server.port, gzipped=False)

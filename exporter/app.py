@@ -12,8 +12,9 @@ from exporter.errors import ConfigError
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.logs import add_secrets
-from exporter.targets import TargetRegistry
+from exporter.targets import ServerFacts, TargetRegistry
 from exporter.web.config import OPEN, WebSecurity
+from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
 from exporter.web.server import MetricsServer
 
@@ -50,8 +51,13 @@ class Exporter:
             max_age_intervals=config.max_age_intervals,
             max_workers=workers,
         )
+        self.health = self._health(config)
         self.server = MetricsServer(
-            self.store, _landing(config), listen_address or config.listen_address, web=web
+            self.store,
+            _landing(config),
+            self.health,
+            listen_address or config.listen_address,
+            web=web,
         )
 
     def start(self) -> None:
@@ -129,7 +135,8 @@ class Exporter:
         for name in added + changed:
             self._add_target(new[name])
 
-        self.server.set_landing(_landing(config))
+        self.health = self._health(config)
+        self.server.set_pages(_landing(config), self.health)
         self.server.set_web(web)
         if config.listen_address != self.config.listen_address:
             log.warning(
@@ -138,6 +145,12 @@ class Exporter:
             )
         self.config = config
         return Changes(tuple(added), tuple(changed), tuple(removed), tuple(sorted(dropped)))
+
+    def _health(self, config: Config) -> HealthPage:
+        return HealthPage(config, facts=self._facts)
+
+    def _facts(self) -> dict[str, ServerFacts]:
+        return {t.name: t.facts for t in self.registry if t.facts is not None}
 
     def __enter__(self) -> "Exporter":
         self.start()

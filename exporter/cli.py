@@ -196,19 +196,16 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    # Imported here: the daemon never loads the report's modules.
-    from exporter.report.build import run_report  # noqa: PLC0415
-    from exporter.report.format import use_colour  # noqa: PLC0415
+    # Imported here: the daemon never loads the report's formatting.
+    from exporter.report.build import build_report  # noqa: PLC0415
+    from exporter.report.format import format_report, use_colour  # noqa: PLC0415
 
     config = _load(args)
     setup(args.log_level, args.log_format, _secrets(config))
-    return run_report(
-        config,
-        target=args.target,
-        output_format=args.format,
-        stream=sys.stdout,
-        colour=use_colour(sys.stdout),
-    )
+    report = build_report(config, target=args.target)
+    sys.stdout.write(format_report(report, args.format, colour=use_colour(sys.stdout)))
+    sys.stdout.flush()
+    return report.exit_code
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -2,9 +2,10 @@
 
 An embedded PostgreSQL (pg_stat_statements preloaded, pgstattuple created), a small SaaS
 application's database with every problem the exporter detects planted in it
-(exporter/demo/workload.py) and its background traffic running, the exporter serving /metrics,
-and a short report once the first collection is in. Ctrl-C (or SIGTERM) stops all of it and
-removes the temporary files: the database, unless --data-dir keeps it, and the demo's config.
+(exporter/demo/workload.py) and its background traffic running, the exporter serving /metrics
+and the health page (/health), and a short report once the first collection is in. Ctrl-C (or
+SIGTERM) stops all of it and removes the temporary files: the database, unless --data-dir keeps
+it, and the demo's config.
 """
 
 import shutil
@@ -26,9 +27,7 @@ from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
 from exporter.demo.embedded import LocalPostgres
 from exporter.demo.workload import Planted, Workload, plant_problems
-from exporter.report.build import judge_collected
 from exporter.report.format import format_text, use_colour
-from exporter.report.samples import Samples
 from exporter.signals import wait_for_signal
 from exporter.units import format_duration, parse_listen_address
 
@@ -138,6 +137,7 @@ def _run(listen_address: str, data_dir: Path | None, scratch: Path) -> None:
                 shown = host or "localhost"
                 _say(f"metrics:  http://{shown}:{port}/metrics")
                 _say(f"overview: http://{shown}:{port}/")
+                _say(f"health:   http://{shown}:{port}/health (JSON: /health.json)")
                 _say("waiting for the first collection ...")
                 _print_report(exporter, config)
                 _say(
@@ -178,8 +178,5 @@ def _print_report(exporter: Exporter, config: Config) -> None:
         if status is not None and expected <= set(status.collectors):
             break
         pause.wait(0.2)
-    target = exporter.registry.get(TARGET)
-    facts = {TARGET: target.facts} if target is not None and target.facts is not None else {}
-    samples = Samples.parse(exporter.store.snapshot().body.decode())
-    report = judge_collected(config, samples, exporter.store.targets(), facts)
+    report = exporter.health.report(exporter.store)  # what /health shows
     print(format_text(report, colour=use_colour(sys.stdout), include_ok=False), flush=True)

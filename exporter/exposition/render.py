@@ -131,7 +131,7 @@ def render(families: Iterable["Metric"]) -> tuple[RenderedFamily, ...]:
     """
     from prometheus_client.exposition import generate_latest  # noqa: PLC0415 (see above)
 
-    merged: dict[str, "Metric"] = {}
+    merged: dict[str, Metric] = {}
     for family in families:
         if family.name in merged:
             merged[family.name].samples.extend(family.samples)

@@ -163,9 +163,7 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
         labels=[*per_collector, "reason"],
     )
     pool: dict[str, _Family] = {
-        key: (_counter if kind == "counter" else _gauge)(
-            name, help_text, labels=["target"]
-        )
+        key: (_counter if kind == "counter" else _gauge)(name, help_text, labels=["target"])
         for key, (name, kind, help_text) in POOL_STATS.items()
     }
     for target, status in sorted(targets.items()):

@@ -1,4 +1,5 @@
-"""The landing page at `/`: each target and the state of each of its collectors."""
+"""The landing page at `/`: each target and the state of each of its collectors, and the links
+to /metrics and the health page."""
 
 from html import escape
 
@@ -32,8 +33,12 @@ class LandingPage:
             rows.append("</table>")
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>pg-health-exporter</title>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;"
             "text-align:left}</style></head><body>"
             f"<h1>pg-health-exporter {__version__}</h1><p><a href='/metrics'>Metrics</a> · "
-            "<a href='/healthz'>Health</a></p>" + "".join(rows) + "</body></html>"
+            "<a href='/health'>Health page</a>: the findings and their fixes "
+            "(<a href='/health.json'>JSON</a>) · <a href='/healthz'>Liveness</a></p>"
+            + "".join(rows)
+            + "</body></html>"
         )
