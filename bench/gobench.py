@@ -275,16 +275,20 @@ def signature(sql: str) -> tuple[str, ...]:
     return tuple(w.lower() for w in _WORD.findall(text) if w.lower() not in _CONSTANT_WORDS)
 
 
-def collector_signatures(config_path: Path) -> dict[tuple[str, ...], tuple[str, float]]:
-    """Every SQL of ours' enabled collectors: signature -> (collector, interval)."""
+# A statement's collector, the collector's interval, and the query's own (slower) interval.
+Owner = tuple[str, float, float]
+
+
+def collector_signatures(config_path: Path) -> dict[tuple[str, ...], Owner]:
+    """Every SQL of ours' enabled collectors: signature -> (collector, interval, its query's)."""
     config = load_config(config_path)
-    found: dict[tuple[str, ...], tuple[str, float]] = {}
+    found: dict[tuple[str, ...], Owner] = {}
     for c in config.catalogue:
         if not c.spec.enabled or c.spec.target_type != "postgres":
             continue
         for query in c.spec.queries:
             for branch in query.alternatives:
-                found[signature(branch.sql)] = (c.name, c.spec.interval)
+                found[signature(branch.sql)] = (c.name, c.spec.interval, query.interval or 0.0)
     return found
 
 
@@ -328,7 +332,7 @@ class Process:
     log_path: Path
     # ours only: enabled collector -> interval in seconds; SQL signature -> (collector, interval)
     collectors: dict[str, float] = field(default_factory=dict)
-    signatures: dict[tuple[str, ...], tuple[str, float]] = field(default_factory=dict)
+    signatures: dict[tuple[str, ...], Owner] = field(default_factory=dict)
     strict: bool = False  # any collector error is a failure (the smoke test)
 
     def check_alive(self) -> None:
@@ -367,7 +371,7 @@ def running(
     log_path = workdir / f"{exporter}-{setup}-{database}.log"
     env = clean_env()
     collectors: dict[str, float] = {}
-    signatures: dict[tuple[str, ...], tuple[str, float]] = {}
+    signatures: dict[tuple[str, ...], Owner] = {}
     if exporter == "go":
         env["DATA_SOURCE_NAME"] = (
             f"postgresql://{ROLES['go']}@127.0.0.1:{server.port}/{database}?sslmode=disable"
@@ -649,14 +653,16 @@ def steady_costs(
     whole: dict[int, Statement],
     window: dict[int, Statement],
     seconds: float,
-    signatures: dict[tuple[str, ...], tuple[str, float]],
+    signatures: dict[tuple[str, ...], Owner],
+    effective: dict[str, float],
 ) -> dict[str, tuple[float, float]]:
     """Ours' database time and calls per minute by collector, in steady state.
 
     A collector's statement runs once per run (one database is visited): its mean time over
-    this exporter's life (warm-up and window) times runs per minute (60 / interval). So the
-    slow collectors (bloat, index_health: every 15 min) count at their rate, although they
-    rarely run inside the window. Statements that belong to no collector (BEGIN, SET LOCAL,
+    this exporter's life (warm-up and window) times runs per minute (60 / interval, the
+    interval in force at the end: `effective`, which the database time budget may have
+    stretched). So the slow collectors (bloat, index_health: every 15 min) count at their
+    rate, although they rarely run inside the window. Statements that belong to no collector (BEGIN, SET LOCAL,
     COMMIT, the `up` probe) count as measured in the window.
     """
     costs: dict[str, tuple[float, float]] = {}
@@ -665,7 +671,8 @@ def steady_costs(
             continue  # left from an earlier run of ours with another configuration
         owner = signatures.get(signature(total.query))
         if owner is not None:
-            name, interval = owner
+            name, configured, own = owner
+            interval = max(effective.get(name, configured), own)
             ms, calls = total.exec_ms / total.calls * 60 / interval, 60 / interval
         else:
             name = OTHER
@@ -783,7 +790,13 @@ def measure(
             if labels.get("target") == TARGET and value > 0
         }
         whole = after_db.since(before_start)
-        costs = steady_costs(whole, in_window, window_seconds, process.signatures)
+        # The intervals in force: the database time budget may have stretched some.
+        effective = {
+            labels["collector"]: value
+            for _, labels, value in samples(text, b"pg_exporter_collector_interval_seconds")
+            if labels.get("target") == TARGET
+        }
+        costs = steady_costs(whole, in_window, window_seconds, process.signatures, effective)
     else:
         errors = {}
         costs = window_costs(in_window, window_seconds, lambda st: relation_of(st.query))
