@@ -662,8 +662,8 @@ def steady_costs(
     this exporter's life (warm-up and window) times runs per minute (60 / interval, the
     interval in force at the end: `effective`, which the database time budget may have
     stretched). So the slow collectors (bloat, index_health: every 15 min) count at their
-    rate, although they rarely run inside the window. Statements that belong to no collector (BEGIN, SET LOCAL,
-    COMMIT, the `up` probe) count as measured in the window.
+    rate, although they rarely run inside the window. Statements that belong to no collector
+    (BEGIN, SET LOCAL, COMMIT, the `up` probe) count as measured in the window.
     """
     costs: dict[str, tuple[float, float]] = {}
     for qid, total in whole.items():
