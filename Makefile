@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.cardinality_bench --write
 	$(BIN)/python -m bench.load_bench --write        # ~15 min: two 60 s loads, a 10 min soak
 	$(BIN)/python -m bench.gobench --write           # ~17-25 min: see bench-go
+	$(BIN)/python -m bench.collector_cost --write    # ~5 min: each collector alone, S/M/L
 
 ## Side by side with the Go exporter at 100 / 2,000 / 10,000 tables (needs Debian's
 ## prometheus-postgres-exporter and postgresql-15, as .ci/run installs).
@@ -78,6 +79,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.cardinality_bench --tables 200
 	$(BIN)/python -m bench.load_bench --quick
 	$(BIN)/python -m bench.gobench --quick
+	$(BIN)/python -m bench.collector_cost --quick
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
