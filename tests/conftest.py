@@ -23,6 +23,13 @@ from exporter.units import parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The programs the tests drive (promtool, prometheus, amtool, pgbouncer...) are found in the
+# checkout's .cache/tools first, where `make test` unpacks them (.ci/install-tools.sh) and puts
+# them first on PATH; a bare pytest looks there first too.
+TOOLS_BIN = REPO / ".cache" / "tools" / "bin"
+if str(TOOLS_BIN) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join(filter(None, (str(TOOLS_BIN), os.environ.get("PATH"))))
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -55,12 +62,14 @@ def free_port() -> int:
 
 def tool(name: str, package: str) -> str:
     """The path of a program the tests drive (promtool, amtool...). Missing is a failure, not a
-    skip: a suite that silently skips its real-tool checks proves nothing. `.ci/run` installs
-    them all."""
+    skip: a suite that silently skips its real-tool checks proves nothing. `make test` unpacks
+    them all into .cache/tools."""
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"{name} is not installed: apt-get install {package} (as .ci/run does)", pytrace=False
+            f"{name} is not installed: `make test` unpacks it into .cache/tools "
+            f"(or run .ci/install-tools.sh {package})",
+            pytrace=False,
         )
     return path
 
