@@ -10,8 +10,9 @@ PY_SOURCES := exporter tests bench dashboards deploy
 # for everything make runs.
 export PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
 TEST_TOOLS := prometheus prometheus-alertmanager pgbouncer
+BENCH_TOOLS := prometheus-postgres-exporter
 
-.PHONY: demo test test-majors test-tools lint format metrics-doc dashboards bench bench-go bench-quick install clean
+.PHONY: demo test test-majors test-tools bench-tools lint format metrics-doc dashboards bench bench-go bench-quick install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,11 @@ install: $(STAMP)
 ## Prometheus, Alertmanager and PgBouncer for the tests, unpacked into .cache/tools.
 test-tools:
 	@bash .ci/install-tools.sh $(TEST_TOOLS)
+
+## The Go exporter and PostgreSQL 15 for the side-by-side benchmark, unpacked into .cache.
+bench-tools:
+	@bash .ci/install-tools.sh $(BENCH_TOOLS)
+	@PG_MAJORS=15 bash .ci/install-postgres.sh >/dev/null
 
 ## Run the exporter against an embedded PostgreSQL on http://127.0.0.1:9188/metrics (Ctrl-C stops).
 demo: $(STAMP)
@@ -62,18 +68,18 @@ dashboards: $(STAMP)
 	$(BIN)/python dashboards/build.py
 
 ## Benchmarks; results go to BENCHMARKS.md.
-bench: $(STAMP)
+bench: bench-tools $(STAMP)
 	$(BIN)/python -m bench.serve_bench --write
 	$(BIN)/python -m bench.cardinality_bench --write
 	$(BIN)/python -m bench.load_bench --write        # ~15 min: two 60 s loads, a 10 min soak
 	$(BIN)/python -m bench.gobench --write           # ~17-25 min: see bench-go
 
-## Side by side with the Go exporter at 100 / 2,000 / 10,000 tables (needs Debian's
-## prometheus-postgres-exporter and postgresql-15, as .ci/run installs).
-bench-go: $(STAMP)
+## Side by side with the Go exporter at 100 / 2,000 / 10,000 tables (Debian's
+## prometheus-postgres-exporter and postgresql-15, which bench-tools unpacks into .cache).
+bench-go: bench-tools $(STAMP)
 	$(BIN)/python -m bench.gobench --write
 
-bench-quick: $(STAMP)
+bench-quick: bench-tools $(STAMP)
 	$(BIN)/python -m bench.serve_bench --quick
 	$(BIN)/python -m bench.cardinality_bench --tables 200
 	$(BIN)/python -m bench.load_bench --quick
