@@ -167,6 +167,28 @@ done
 ((${#unresolved[@]} == 0)) ||
   die "unpacked ${MISSING[*]}, but found no ${unresolved[*]}: install the package that has it (apt-file search NAME finds it), then run make again"
 
+# Data a package's programs read from a path compiled into them: Debian's alertmanager and
+# amtool load their default templates from /usr/share/prometheus/alertmanager. Where the
+# machine lacks that path, their launchers run them in a mount namespace of their own (and a
+# user namespace, unless root) in which the unpacked usr/share is overlaid on /usr/share;
+# nothing changes outside it.
+compiled_in_data() {
+  case $1 in
+    prometheus-alertmanager) echo /usr/share/prometheus/alertmanager/default.tmpl ;;
+  esac
+}
+USERNS=--map-root-user
+$AS_ROOT && USERNS=
+# shellcheck disable=SC2016 # expanded by the inner shell
+OVERLAY='mount -t overlay overlay -o "lowerdir=$1/usr/share:/usr/share" /usr/share && shift && exec "$@"'
+for package in "${MISSING[@]}"; do
+  data=$(compiled_in_data "$package")
+  [[ -n $data && ! -e $data ]] || continue
+  # shellcheck disable=SC2086 # USERNS is one option or none
+  unshare --mount $USERNS sh -c "$OVERLAY" sh "$root" test -e "$data" 2>/dev/null ||
+    die "$package reads $data, which this machine lacks, and a private mount namespace to lay it there is not allowed here: run \`sudo apt-get install --no-install-recommends $package\`, then make again"
+done
+
 for package in "${MISSING[@]}"; do
   dpkg-deb --field "$(printf '%s\n' "$WORK/${package}"_*.deb | head -n 1)" Version \
     >"$DEST/installed/$package"
@@ -189,6 +211,16 @@ for list in "$DEST"/installed/*.files; do
         # shellcheck disable=SC2016
         printf 'LD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\nexport LD_LIBRARY_PATH\n' \
           "$(library_path '$root')"
+      fi
+      data=$(compiled_in_data "$package")
+      if [[ -n $data ]]; then
+        printf '# It reads %s: where it is missing, from the unpacked usr/share.\n' "$data"
+        printf 'if [ ! -e %s ]; then\n' "$data"
+        # shellcheck disable=SC2016
+        printf '  userns=--map-root-user; [ "$(id -u)" = 0 ] && userns=\n'
+        # shellcheck disable=SC2016
+        printf '  exec unshare --mount $userns sh -c %s sh "$root" "$root/%s" "$@"\nfi\n' \
+          "'$OVERLAY'" "$path"
       fi
       printf 'exec "$root/%s" "$@"\n' "$path"
     } >"$launcher.tmp"
