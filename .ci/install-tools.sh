@@ -77,8 +77,12 @@ without_candidate() {
 
 apt_update() {
   log "$1; running apt-get update"
-  apt-get update -qq >&2 ||
-    die "apt-get update failed (see above): check the network and /etc/apt/sources.list, then run make again"
+  local output
+  # apt-get update exits 0 when it could not fetch a source (it says so in a warning).
+  if ! output=$(apt-get update -qq 2>&1) || [[ $output == *"Failed to fetch"* ]]; then
+    printf '%s\n' "$output" >&2
+    die "apt-get update could not fetch the package lists (above): check the network and /etc/apt/sources.list, then run make again"
+  fi
 }
 
 lacking=$(without_candidate | xargs)
