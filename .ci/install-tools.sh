@@ -49,7 +49,7 @@ MISSING=()
 mapfile -t MISSING < <(missing_packages)
 ((${#MISSING[@]} > 0)) || exit 0
 
-command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
+{ command -v apt-get && command -v dpkg-deb; } >/dev/null ||
   die "needs apt-get and dpkg-deb (Debian or Ubuntu) to fetch ${MISSING[*]}; elsewhere, install them yourself and put their programs first on PATH"
 
 mkdir -p "$DEST/installed" "$DEST/bin" "$DEST/root"
@@ -226,6 +226,7 @@ for list in "$DEST"/installed/*.files; do
         printf '  exec unshare --mount $userns sh -c %s sh "$root" "$root/%s" "$@"\nfi\n' \
           "'$OVERLAY'" "$path"
       fi
+      # shellcheck disable=SC2016
       printf 'exec "$root/%s" "$@"\n' "$path"
     } >"$launcher.tmp"
     chmod 755 "$launcher.tmp"
