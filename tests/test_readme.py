@@ -138,10 +138,14 @@ class Shell:
         self._reader.join(timeout=10)
         return code
 
-    def kill(self) -> None:
+    def close(self) -> None:
+        """Kill what still runs (after a failure) and release the pipe."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def run(command: str, *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -219,7 +223,7 @@ def test_daemons_as_written(your_database: Path) -> None:
         )
         assert daemon.interrupt(signal.SIGTERM) == 0, daemon.output()
     finally:
-        daemon.kill()
+        daemon.close()
 
     # The Go exporter's convention; `db` is the compose stack's host, unknown here: pg_up 0.
     assert port_is_free()
@@ -232,7 +236,7 @@ def test_daemons_as_written(your_database: Path) -> None:
         )
         assert daemon.interrupt(signal.SIGTERM) == 0, daemon.output()
     finally:
-        daemon.kill()
+        daemon.close()
     assert "PASSWORD" not in daemon.output()
 
 
@@ -264,7 +268,7 @@ def test_make_demo_as_written(tmp_path: Path) -> None:
         # Ctrl-C stops everything and removes the temporary database.
         code = demo.interrupt(signal.SIGINT)
     finally:
-        demo.kill()
+        demo.close()
     output = demo.output()
     assert "demo: stopped and cleaned up" in output, output
     # make reports the interrupt of its recipe (130, or killed by SIGINT itself).
