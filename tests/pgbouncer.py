@@ -4,8 +4,8 @@ The real binary (Debian's `pgbouncer` package, which `make test` unpacks into .c
 PGBOUNCER names another) runs in the foreground on a free 127.0.0.1 port with a config in its
 own temporary directory. PgBouncer refuses to run as root, so as root it switches to `nobody`
 (or PG_RUN_AS) itself (`-u`), like the PostgreSQL fixtures run as that user; the binary need
-not be reachable by that user (a checkout under root's 0700 home). Readiness is awaited by connecting with a deadline; stop() shuts it down
-and cleanup() also removes the directory.
+not be reachable by that user (a checkout under root's 0700 home). Readiness is awaited by
+connecting with a deadline; stop() shuts it down and cleanup() also removes the directory.
 
 Users (trust authentication, listed in the auth_file): `postgres` is an admin of the console
 and reaches PostgreSQL as its superuser; `monitor` is only a stats user, the least privilege
