@@ -130,8 +130,8 @@ def pg_stat_statements(ctx: Context) -> list[Finding]:
     elif "extension" in reason:
         fix = "CREATE EXTENSION pg_stat_statements;"
         advice = "In the database the exporter connects to."
-    elif "pg_read_all_stats" in reason:
-        fix = "GRANT pg_monitor TO <the exporter's role>;"
+    elif lacking := ctx.missing_roles("statements"):
+        fix = ctx.grant(lacking)
         advice = "Without pg_read_all_stats other roles' statements have no queryid."
     else:
         fix, advice = None, ""
