@@ -12,7 +12,7 @@ from exporter.report.checks.base import (
     same,
     when,
 )
-from exporter.report.findings import Finding, Severity
+from exporter.report.findings import Finding, Severity, Value
 from exporter.report.samples import Sample
 
 _METHODS = {
@@ -26,6 +26,7 @@ def bloat(kind: str) -> Judge:
     check, name_label = (
         ("table_bloat", "relname") if kind == "table" else ("index_bloat", "indexrelname")
     )
+    what = "table" if kind == "table" else "index"
 
     def judge(ctx: Context) -> list[Finding]:
         flag_ratio = ctx.param("bloat", "flag_ratio")
@@ -37,52 +38,135 @@ def bloat(kind: str) -> Judge:
             if key not in best or s["method"] == "pgstattuple":
                 best[key] = (s["method"], s.value, s)
         found = []
-        for (db, _, _), (method, ratio, s) in sorted(best.items()):
-            size = same(
-                ctx.samples,
-                f"pg_bloat_{kind}_bytes",
-                s,
-                "datname",
-                "schemaname",
-                name_label,
-                "method",
-            )
-            if size is None or ratio < flag_ratio or size < flag_bytes:
+        largest: tuple[float, float, Sample] | None = None
+        for _, (method, ratio, s) in sorted(best.items()):
+            size = same(ctx.samples, f"pg_bloat_{kind}_bytes", s, *_BLOATED, name_label)
+            if size is None:
                 continue
-            name = relation(s, name_label)
-            if kind == "table":
-                fix = f"VACUUM (ANALYZE) {name};"
-                advice = (
-                    "VACUUM makes the space reusable by new rows but rarely gives it back to the "
-                    f"operating system; to shrink the table: VACUUM FULL {name} (an exclusive "
-                    "lock while it rewrites the table) or pg_repack."
-                )
-            else:
-                fix = f"REINDEX INDEX CONCURRENTLY {name};"
-                advice = ""
+            if ratio < flag_ratio or size < flag_bytes:
+                if largest is None or (size, ratio) > largest[:2]:
+                    largest = (size, ratio, s)
+                continue
             found.append(
-                ctx.finding(
+                _table_bloat(ctx, s, ratio, size)
+                if kind == "table"
+                else ctx.finding(
                     check,
                     Severity.WARNING,
                     f"{percent(ratio)} bloat ({human_bytes(size)}), {method}",
-                    database=db,
-                    object=name,
-                    detail=f"Space beyond what its live rows need, {_METHODS.get(method, method)}.",
-                    fix=fix,
-                    advice=advice,
+                    database=s["datname"],
+                    object=relation(s, name_label),
+                    detail=f"Space beyond what its entries need, {_METHODS.get(method, method)}.",
+                    fix=f"REINDEX INDEX CONCURRENTLY {relation(s, name_label)};",
                     values={"bloat_ratio": ratio, "bloat_bytes": size, "method": method},
                 )
             )
         if kind == "table":
             found.extend(_bloat_unmeasured(ctx))
+        if not found:
+            # Not "no table is bloated": the thresholds decide, and the largest says how much.
+            threshold = f"{percent(flag_ratio)} and {human_bytes(flag_bytes)}"
+            found.append(
+                ctx.finding(
+                    check,
+                    Severity.OK,
+                    f"no {what} above the thresholds ({threshold})"
+                    + (
+                        f"; largest: {relation(largest[2], name_label)} {percent(largest[1])} "
+                        f"({human_bytes(largest[0])}, {largest[2]['method']})"
+                        if largest
+                        else f"; no {what} was measured"
+                    ),
+                    database=largest[2]["datname"] if largest else None,
+                    values={"flag_ratio": flag_ratio, "flag_bytes": flag_bytes}
+                    | (
+                        {"largest_ratio": largest[1], "largest_bytes": largest[0]}
+                        if largest
+                        else {}
+                    ),
+                )
+            )
         return found
 
     return judge
 
 
+_BLOATED = ("datname", "schemaname", "method")
+
+
+def _table_bloat(ctx: Context, s: Sample, ratio: float, size: float) -> Finding:
+    """A bloated table: what VACUUM can do depends on whether the bloat is dead rows or free
+    space, which pgstattuple tells apart (the estimate cannot)."""
+    name = relation(s)
+    method = s["method"]
+    dead = same(ctx.samples, "pg_bloat_table_dead_bytes", s, *_BLOATED, "relname")
+    free = same(ctx.samples, "pg_bloat_table_free_bytes", s, *_BLOATED, "relname")
+    values: dict[str, Value] = {
+        "bloat_ratio": ratio,
+        "bloat_bytes": size,
+        "method": method,
+        "dead_bytes": dead,
+        "free_bytes": free,
+    }
+    rewrite = (
+        f"VACUUM FULL {name} rewrites it compactly under an ACCESS EXCLUSIVE lock (no reads or "
+        "writes meanwhile); pg_repack does the same without blocking them."
+    )
+    if dead is not None and free is not None and free > dead:
+        return ctx.finding(
+            "table_bloat",
+            Severity.WARNING,
+            f"{percent(ratio)} bloat ({human_bytes(size)}), mostly free space, {method}",
+            database=s["datname"],
+            object=name,
+            detail=f"Space beyond what its live rows need, {_METHODS[method]}: "
+            f"{human_bytes(free)} free space and {human_bytes(dead)} dead rows. VACUUM will "
+            "not help: the space is already free for new rows, but the table does not shrink.",
+            fix=f"VACUUM FULL {name};",
+            advice=rewrite + " Worth it only if the table will not grow back into the space.",
+            values=values,
+        )
+    split = (
+        f": {human_bytes(dead)} dead rows and {human_bytes(free)} free space"
+        if dead is not None and free is not None
+        else ""
+    )
+    return ctx.finding(
+        "table_bloat",
+        Severity.WARNING,
+        f"{percent(ratio)} bloat ({human_bytes(size)})"
+        + (", mostly dead rows" if split else "")
+        + f", {method}",
+        database=s["datname"],
+        object=name,
+        detail=f"Space beyond what its live rows need, {_METHODS.get(method, method)}{split}.",
+        fix=f"VACUUM (ANALYZE) {name};",
+        advice="VACUUM makes the dead rows' space reusable by new rows but rarely gives it back "
+        f"to the operating system; to shrink the table: {rewrite}",
+        values=values,
+    )
+
+
 def _bloat_unmeasured(ctx: Context) -> list[Finding]:
-    """Databases where bloat is only estimated because pgstattuple is not installed."""
-    found = []
+    """Databases where bloat is only estimated because pgstattuple is not installed, or not
+    measured with it because the role may not run it."""
+    found = [
+        ctx.finding(
+            "table_bloat",
+            Severity.INFO,
+            f"cannot judge {s.value:.0f} table(s) with pgstattuple: "
+            + ctx.grant(["pg_stat_scan_tables"]).removesuffix(";"),
+            database=s["datname"],
+            detail="pgstattuple's functions are granted to pg_stat_scan_tables (part of "
+            "pg_monitor); estimates are published only where the planner's statistics are "
+            "fresh, complete and readable.",
+            fix=ctx.grant(["pg_stat_scan_tables"]),
+            values={"tables": s.value},
+        )
+        for s in ctx.samples.all(
+            "pg_bloat_tables_unmeasured", method="pgstattuple", reason="no_privilege"
+        )
+    ]
     for s in ctx.samples.all(
         "pg_bloat_tables_unmeasured", method="pgstattuple", reason="not_installed"
     ):
