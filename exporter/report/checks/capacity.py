@@ -32,6 +32,8 @@ def wraparound(ctx: Context) -> list[Finding]:
         if severity is None:
             continue
         kind = "transaction ID" if xid.value >= mxid else "multixact ID"
+        # template0 accepts no connections: no one can VACUUM in it, nor needs to.
+        closed = ctx.samples.get("pg_wraparound_allows_connections", datname=db) == 0
         found.append(
             ctx.finding(
                 "wraparound",
@@ -44,8 +46,18 @@ def wraparound(ctx: Context) -> list[Finding]:
                 + "; an age far beyond it means vacuum cannot freeze old rows, usually because "
                 "a long transaction, a prepared transaction or a replication slot holds back "
                 "the xmin horizon (see pg_xmin_horizon_age).",
-                advice="Remove what holds the horizon back, then run VACUUM (FREEZE) in "
-                f"database {db}, largest and oldest tables first.",
+                fix=None if closed else "VACUUM (FREEZE);",
+                advice=(
+                    f"{db} accepts no connections, so no VACUUM can be run in it (and none is "
+                    "needed: its rows are frozen): autovacuum advances its age on its own once "
+                    "it passes autovacuum_freeze_max_age. If it stays old, check that autovacuum "
+                    "runs and what holds the xmin horizon back."
+                    if closed
+                    else "Remove what holds the horizon back, then run the VACUUM (FREEZE) "
+                    f"connected to database {db} (it freezes every table there; as a superuser, "
+                    "or the tables' owners' tables only), or table by table, largest and "
+                    "oldest first."
+                ),
                 values={
                     "xid_age": ctx.samples.get("pg_wraparound_xid_age", datname=db),
                     "xid_ratio": xid.value,
