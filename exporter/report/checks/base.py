@@ -160,6 +160,11 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def literal(text: str) -> str:
+    """A string as an SQL literal (standard_conforming_strings, on since PostgreSQL 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def qualified(schema: str, name: str) -> str:
     return f"{ident(schema)}.{ident(name)}"
 
