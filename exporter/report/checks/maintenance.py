@@ -75,7 +75,8 @@ def bloat(kind: str) -> Judge:
                         f"; largest: {relation(largest[2], name_label)} {percent(largest[1])} "
                         f"({human_bytes(largest[0])}, {largest[2]['method']})"
                         if largest
-                        else f"; no {what} was measured"
+                        else f"; no {what} of at least "
+                        f"{human_bytes(ctx.param('bloat', 'min_bytes'))} was measured"
                     ),
                     database=largest[2]["datname"] if largest else None,
                     values={"flag_ratio": flag_ratio, "flag_bytes": flag_bytes}
