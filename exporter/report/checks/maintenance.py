@@ -61,8 +61,7 @@ def bloat(kind: str) -> Judge:
                     values={"bloat_ratio": ratio, "bloat_bytes": size, "method": method},
                 )
             )
-        if kind == "table":
-            found.extend(_bloat_unmeasured(ctx))
+        found.extend(_bloat_unmeasured(ctx, check, "tables" if kind == "table" else "indexes"))
         if not found:
             # Not "no table is bloated": the thresholds decide, and the largest says how much.
             threshold = f"{percent(flag_ratio)} and {human_bytes(flag_bytes)}"
@@ -148,26 +147,28 @@ def _table_bloat(ctx: Context, s: Sample, ratio: float, size: float) -> Finding:
     )
 
 
-def _bloat_unmeasured(ctx: Context) -> list[Finding]:
-    """Databases where bloat is only estimated because pgstattuple is not installed, or not
-    measured with it because the role may not run it."""
+def _bloat_unmeasured(ctx: Context, check: str, relations: str) -> list[Finding]:
+    """Databases where bloat is not measured with pgstattuple because the role may not run it,
+    and (tables) where it is only estimated because pgstattuple is not installed."""
     found = [
         ctx.finding(
-            "table_bloat",
+            check,
             Severity.INFO,
-            f"cannot judge {s.value:.0f} table(s) with pgstattuple: "
+            f"cannot judge {s.value:.0f} {relations} with pgstattuple: "
             + ctx.grant(["pg_stat_scan_tables"]).removesuffix(";"),
             database=s["datname"],
             detail="pgstattuple's functions are granted to pg_stat_scan_tables (part of "
             "pg_monitor); estimates are published only where the planner's statistics are "
             "fresh, complete and readable.",
             fix=ctx.grant(["pg_stat_scan_tables"]),
-            values={"tables": s.value},
+            values={relations: s.value},
         )
         for s in ctx.samples.all(
-            "pg_bloat_tables_unmeasured", method="pgstattuple", reason="no_privilege"
+            f"pg_bloat_{relations}_unmeasured", method="pgstattuple", reason="no_privilege"
         )
     ]
+    if check != "table_bloat":
+        return found
     for s in ctx.samples.all(
         "pg_bloat_tables_unmeasured", method="pgstattuple", reason="not_installed"
     ):
