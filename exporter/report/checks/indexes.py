@@ -89,27 +89,37 @@ def unused_index(ctx: Context) -> list[Finding]:
             continue
         reset = ctx.samples.get("pg_indexes_stats_reset_timestamp_seconds", datname=s["datname"])
         since = f"since {when(reset)}" if reset else "since the statistics were last reset"
-        drop = _drop(ctx, s, "unused")
         found.append(
-            ctx.finding(
+            _droppable(
+                ctx,
                 "unused_index",
-                Severity.WARNING,
+                s,
                 f"never scanned {since}; {human_bytes(s.value)}",
-                database=s["datname"],
-                object=relation(s, "indexrelname"),
-                detail=f"On {relation(s)}{drop.on_partitions}. Not unique and backing no "
-                "constraint or foreign key, yet every write to the table updates it. Scans on "
-                "standbys are not counted here: check them before dropping it.",
-                fix=drop.statement,
-                advice=drop.advice,
-                values={
-                    "size_bytes": s.value,
-                    "stats_reset_timestamp_seconds": reset,
-                    "partitions": drop.partitions,
-                },
+                "Not unique and backing no constraint or foreign key, yet every write to the "
+                "table updates it. Scans on standbys are not counted here: check them before "
+                "dropping it.",
+                stats_reset_timestamp_seconds=reset,
             )
         )
     return found
+
+
+def _droppable(
+    ctx: Context, check: str, s: Sample, summary: str, detail: str, **values: Value
+) -> Finding:
+    """An index a check says to drop: `s` is its size sample."""
+    drop = _drop(ctx, s, check.removesuffix("_index"))
+    return ctx.finding(
+        check,
+        Severity.INFO if check == "redundant_index" else Severity.WARNING,
+        summary,
+        database=s["datname"],
+        object=relation(s, "indexrelname"),
+        detail=f"On {relation(s)}{drop.on_partitions}. {detail}",
+        fix=drop.statement,
+        advice=drop.advice,
+        values={"size_bytes": s.value, **values, "partitions": drop.partitions},
+    )
 
 
 @dataclass(frozen=True)
@@ -125,20 +135,19 @@ class _Drop:
         return "" if self.partitions is None else f" (and its {self.partitions:.0f} partitions)"
 
 
-def _drop(ctx: Context, s: Sample, check: str, advice: str = "") -> _Drop:
+def _drop(ctx: Context, s: Sample, check: str) -> _Drop:
     name = relation(s, "indexrelname")
     partitions = same(
         ctx.samples, f"pg_index_health_{check}_index_partitions", s, *_INDEX, "relname"
     )
     if partitions is None:
-        return _Drop(f"DROP INDEX CONCURRENTLY {name};", None, advice)
+        return _Drop(f"DROP INDEX CONCURRENTLY {name};", None)
     return _Drop(
         f"DROP INDEX {name};",
         partitions,
         "An index of a partitioned table is dropped with its partitions' indexes at once, "
         "and not CONCURRENTLY (PostgreSQL cannot): it takes an ACCESS EXCLUSIVE lock on the "
-        "table and every partition for the moment the drop takes."
-        + (f" {advice}" if advice else ""),
+        "table and every partition for the moment the drop takes.",
     )
 
 
@@ -147,26 +156,17 @@ def duplicate_index(ctx: Context) -> list[Finding]:
     found = []
     for s in ctx.samples.all("pg_index_health_duplicate_index_size_bytes"):
         never = tuple(s[label] for label in _INDEX) in unused
-        drop = _drop(ctx, s, "duplicate")
         found.append(
-            ctx.finding(
+            _droppable(
+                ctx,
                 "duplicate_index",
-                Severity.WARNING,
+                s,
                 f"same definition as {s['duplicate_of']}"
                 + (", never scanned" if never else "")
                 + f"; {human_bytes(s.value)}",
-                database=s["datname"],
-                object=relation(s, "indexrelname"),
-                detail=f"On {relation(s)}{drop.on_partitions}. {s['duplicate_of']} is kept (it "
-                "backs a constraint, or is unique, or is older): dropping this one loses no "
-                "lookup.",
-                fix=drop.statement,
-                advice=drop.advice,
-                values={
-                    "size_bytes": s.value,
-                    "duplicate_of": s["duplicate_of"],
-                    "partitions": drop.partitions,
-                },
+                f"{s['duplicate_of']} is kept (it backs a constraint, or is unique, or is "
+                "older): dropping this one loses no lookup.",
+                duplicate_of=s["duplicate_of"],
             )
         )
     return found
@@ -175,24 +175,15 @@ def duplicate_index(ctx: Context) -> list[Finding]:
 def redundant_index(ctx: Context) -> list[Finding]:
     found = []
     for s in ctx.samples.all("pg_index_health_redundant_index_size_bytes"):
-        drop = _drop(ctx, s, "redundant")
         found.append(
-            ctx.finding(
+            _droppable(
+                ctx,
                 "redundant_index",
-                Severity.INFO,
+                s,
                 f"its columns lead {s['covered_by']}, which serves the same lookups; "
                 f"{human_bytes(s.value)}",
-                database=s["datname"],
-                object=relation(s, "indexrelname"),
-                detail=f"On {relation(s)}{drop.on_partitions}. Keep it only if a hot query "
-                "benefits from it being smaller than the wider index.",
-                fix=drop.statement,
-                advice=drop.advice,
-                values={
-                    "size_bytes": s.value,
-                    "covered_by": s["covered_by"],
-                    "partitions": drop.partitions,
-                },
+                "Keep it only if a hot query benefits from it being smaller than the wider index.",
+                covered_by=s["covered_by"],
             )
         )
     return found
