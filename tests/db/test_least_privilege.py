@@ -10,7 +10,6 @@ the three collect in turn.
 """
 
 import dataclasses
-import math
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -146,7 +145,26 @@ def _sessions(dsn: str) -> list[Conn]:
 def collect(config: Config) -> tuple[Samples, ServerFacts]:
     collected = run_once(config)
     [facts] = collected.facts.values()
-    return parse_exposition(collected.body.decode()), facts
+    return _others_only(parse_exposition(collected.body.decode())), facts
+
+
+USED = ("pg_connections_used_ratio", frozenset({("target", "pg")}))
+
+
+def _others_only(samples: Samples) -> Samples:
+    """The share of connections in use without the exporter's own: a superuser's run opens one
+    more (it visits the database the others may not connect to)."""
+    if USED not in samples:
+        return samples
+    own = sum(
+        v
+        for (n, ls), v in samples.items()
+        if n == "pg_connections_backends" and ("application_name", APPLICATION_NAME) in ls
+    )
+    setting = {n: v for (n, ls), v in samples.items() if n.startswith("pg_connections_")}
+    slots = setting["pg_connections_max"] - setting["pg_connections_superuser_reserved"]
+    slots -= setting["pg_connections_reserved"]
+    return {**samples, USED: samples[USED] - own / slots}
 
 
 # -- what a lesser role may leave out, and why ----------------------------------------------------
@@ -215,23 +233,22 @@ def _unavailable(samples: Samples) -> dict[str, str]:
     }
 
 
-def _ours(key: Key, role: str) -> bool:
+def _ours(key: Key) -> bool:
     """The exporter's own sessions and statements, and its self-metrics: not compared."""
     name, labels = key
     label = dict(labels)
     return (
         name.startswith(("pg_exporter_", "pg_up"))
         or label.get("application_name") == APPLICATION_NAME
-        or label.get("user") in (SUPER, MONITOR, PLAIN, role)
+        or label.get("user") in (SUPER, MONITOR, PLAIN)
     )
 
 
 def _within(value: float, bounds: list[float]) -> bool:
+    """Between the superuser's reads (counters and ages move), give or take float rounding."""
     low, high = min(bounds), max(bounds)
     slack = 1e-9 * max(abs(low), abs(high), 1.0)
-    return low - slack <= value <= high + slack or (
-        math.isnan(value) and any(map(math.isnan, bounds))
-    )
+    return low - slack <= value <= high + slack
 
 
 def differences(before: Samples, lesser: Samples, after: Samples, facts: ServerFacts) -> list[str]:
@@ -241,7 +258,7 @@ def differences(before: Samples, lesser: Samples, after: Samples, facts: ServerF
     unavailable = _unavailable(lesser)
     for key in sorted(set(before) | set(after) | set(lesser), key=str):
         name = key[0]
-        if _ours(key, facts.user) or name in ROLE_RELATIVE:
+        if _ours(key) or name in ROLE_RELATIVE:
             continue
         bounds = [s[key] for s in (before, after) if key in s]
         if key in lesser:
