@@ -79,11 +79,14 @@ CREATE INDEX notes_2024_id ON notes_2024 (id);
 CREATE INDEX notes_2024_id_again ON notes_2024 (id);
 """
 
-# Another session's temporary table with twin indexes: only that session could drop them.
+# Another session's temporary table with twin indexes and dead rows: only that session could
+# drop them or vacuum it.
 TEMPORARY = """
 CREATE TEMP TABLE scratch (id bigint);
 CREATE INDEX scratch_id ON scratch (id);
 CREATE INDEX scratch_id_again ON scratch (id);
+INSERT INTO scratch SELECT generate_series(1, 20000);
+DELETE FROM scratch;
 """
 
 
@@ -127,8 +130,27 @@ def wild(postgres: LocalPostgres) -> Iterator[Wild]:
             conn.execute(
                 "DO $$ BEGIN FOR i IN 1..1000 LOOP PERFORM txid_current(); COMMIT; END LOOP; END $$"
             )
-        with psycopg.connect(dsn, autocommit=True) as temporary:
+        with (
+            psycopg.connect(dsn, autocommit=True) as temporary,
+            psycopg.connect(dsn, autocommit=True) as observer,
+        ):
             temporary.execute(TEMPORARY)
+            # A session reports its statistics when idle, at most every 500 ms before
+            # PostgreSQL 15 (each statement here is a chance), on request from 15.
+            poke = (
+                "SELECT pg_stat_force_next_flush()"
+                if postgres.version_num() >= 150000
+                else "SELECT 1"
+            )
+
+            def dead_rows_seen() -> bool:
+                temporary.execute(poke)
+                row = observer.execute(
+                    "SELECT n_dead_tup FROM pg_stat_all_tables WHERE relname = 'scratch'"
+                ).fetchone()
+                return row is not None and row[0] >= 20_000
+
+            wait_for(dead_rows_seen, timeout=30, what="the temporary table's dead rows")
             yield Wild(postgres, database, planted, temporary)
 
 

@@ -2,6 +2,8 @@
 where it is only estimated), dead rows, and stale planner statistics.
 """
 
+import re
+
 from exporter.report.checks.base import (
     TABLE,
     Context,
@@ -187,13 +189,18 @@ def _bloat_unmeasured(ctx: Context, check: str, relations: str) -> list[Finding]
     return found
 
 
+def _temporary(s: Sample) -> bool:
+    """Another session's temporary table: only that session can VACUUM or ANALYZE it."""
+    return re.match(r"pg_(toast_)?temp_\d+$", s["schemaname"]) is not None
+
+
 def vacuum(ctx: Context) -> list[Finding]:
     minimum = ctx.param("tables", "dead_tuples_min")
     share = ctx.param("tables", "dead_tuples_ratio")
     found = []
     for s in ctx.samples.all("pg_tables_n_dead_tup"):
         live = same(ctx.samples, "pg_tables_n_live_tup", s, *TABLE) or 0.0
-        if s.value < minimum or s.value <= share * live:
+        if s.value < minimum or s.value <= share * live or _temporary(s):
             continue
         vacuums = [
             same(ctx.samples, f"pg_tables_{m}_timestamp_seconds", s, *TABLE)
@@ -228,7 +235,11 @@ def analyze(ctx: Context) -> list[Finding]:
     found = []
     for s in ctx.samples.all("pg_tables_n_mod_since_analyze"):
         live = same(ctx.samples, "pg_tables_n_live_tup", s, *TABLE) or 0.0
-        if s.value < t.analyze_min_modifications or s.value <= t.analyze_modified_ratio * live:
+        if (
+            s.value < t.analyze_min_modifications
+            or s.value <= t.analyze_modified_ratio * live
+            or _temporary(s)
+        ):
             continue
         analyzes = [
             same(ctx.samples, f"pg_tables_{m}_timestamp_seconds", s, *TABLE)
