@@ -32,7 +32,11 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class DatabaseFilter(BaseModel):
-    """Which databases per-database collectors visit (regular expressions, whole-name match)."""
+    """Which databases per-database collectors visit (regular expressions, whole-name match).
+
+    A database name may hold any character, a newline included: `.` matches it too (DOTALL),
+    so the default `.*` visits every database, whatever its name.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,8 +54,8 @@ class DatabaseFilter(BaseModel):
         return patterns
 
     def allows(self, datname: str) -> bool:
-        return any(re.fullmatch(p, datname) for p in self.include) and not any(
-            re.fullmatch(p, datname) for p in self.exclude
+        return any(re.fullmatch(p, datname, re.DOTALL) for p in self.include) and not any(
+            re.fullmatch(p, datname, re.DOTALL) for p in self.exclude
         )
 
 

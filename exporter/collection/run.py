@@ -3,6 +3,7 @@ turn the rows into metric families."""
 
 import contextlib
 import datetime as dt
+import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -38,7 +39,10 @@ def plan(collector: Collector, facts: ServerFacts, extensions: frozenset[str]) -
         return _unavailable(f"extension {', '.join(missing)} not installed (CREATE EXTENSION)")
     missing = [role for role in requires.roles if not facts.has_role(role)]
     if missing:
-        return _unavailable(f"role is not a member of {', '.join(missing)}")
+        return _unavailable(
+            f"role is not a member of {', '.join(missing)}: GRANT pg_monitor TO "
+            f"{_identifier(facts.user)}"
+        )
     steps = []
     for query in collector.spec.queries:
         branch = query.branch_for(facts.version_num)
@@ -48,6 +52,11 @@ def plan(collector: Collector, facts: ServerFacts, extensions: frozenset[str]) -
         product = "PgBouncer" if collector.spec.target_type == "pgbouncer" else "PostgreSQL"
         return _unavailable(f"not available on {product} {facts.version}")
     return Plan(steps=tuple(steps))
+
+
+def _identifier(name: str) -> str:
+    """A role name as SQL needs it written: quoted unless it is plain lower case."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def _unavailable(reason: str) -> Plan:

@@ -77,6 +77,7 @@ def judge_collected(
         findings.append(checks.target_finding(info))
         if not status.up:
             continue
+        probed = facts.get(name)
         context = Context(
             target=name,
             target_type=target_config.type,
@@ -84,7 +85,13 @@ def judge_collected(
             thresholds=thresholds,
             catalogue=catalogue,
             statuses=status.collectors,
-            monitoring_role=_monitoring_role(target_config, facts.get(name)),
+            monitoring_role=_monitoring_role(target_config, probed),
+            facts=probed,
+            forbidden_databases=tuple(
+                db
+                for db in (probed.forbidden_databases if probed else ())
+                if target_config.databases.allows(db)
+            ),
         )
         findings.extend(judge(context))
     return Report(

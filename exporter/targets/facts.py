@@ -14,6 +14,7 @@ SELECT current_setting('server_version_num')::int AS version_num,
        current_setting('server_version') AS version,
        pg_is_in_recovery() AS in_recovery,
        current_database() AS database,
+       current_user AS "user",
        (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') AS preload,
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
        ARRAY(SELECT rolname::text FROM pg_roles
@@ -24,7 +25,13 @@ SELECT current_setting('server_version_num')::int AS version_num,
        ARRAY(SELECT datname::text FROM pg_database
              WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
                AND has_database_privilege(oid, 'CONNECT')
-             ORDER BY datname) AS databases
+             ORDER BY datname) AS databases,
+       -- ... and those that accept connections but not ours: per-database collectors cannot
+       -- visit them (GRANT CONNECT ON DATABASE ... fixes it).
+       ARRAY(SELECT datname::text FROM pg_database
+             WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
+               AND NOT has_database_privilege(oid, 'CONNECT')
+             ORDER BY datname) AS forbidden_databases
 """
 
 
@@ -34,11 +41,14 @@ class ServerFacts:
     version: str
     in_recovery: bool
     database: str  # the database the target's DSN connects to
+    user: str  # the role the exporter is connected as (current_user)
     preload: frozenset[str] | None  # None: the role may not read shared_preload_libraries
     superuser: bool
     roles: frozenset[str]
     extensions: frozenset[str]  # installed in `database`
     databases: tuple[str, ...]  # every database that accepts connections
+    # Databases that accept connections, but not this role's (no CONNECT privilege).
+    forbidden_databases: tuple[str, ...] = ()
 
     def has_role(self, role: str) -> bool:
         return self.superuser or role in self.roles
@@ -49,17 +59,31 @@ def probe(conn: psycopg.Connection[tuple[object, ...]], *, timeout_seconds: floa
     set_statement_timeout(conn, timeout_seconds)
     row = conn.execute(_PROBE_SQL).fetchone()
     assert row is not None  # a SELECT without FROM always returns one row
-    version_num, version, in_recovery, database, preload, superuser, roles, ext, dbs = row
+    (
+        version_num,
+        version,
+        in_recovery,
+        database,
+        user,
+        preload,
+        superuser,
+        roles,
+        ext,
+        dbs,
+        forbidden,
+    ) = row
     return ServerFacts(
         version_num=int(str(version_num)),
         version=str(version),
         in_recovery=bool(in_recovery),
         database=str(database),
+        user=str(user),
         preload=None if preload is None else _split_list(str(preload)),
         superuser=bool(superuser),
         roles=frozenset(_as_strings(roles)),
         extensions=frozenset(_as_strings(ext)),
         databases=tuple(_as_strings(dbs)),
+        forbidden_databases=tuple(_as_strings(forbidden)),
     )
 
 
@@ -74,6 +98,7 @@ def probe_pgbouncer(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts
         version=text.removeprefix("PgBouncer ").strip(),
         in_recovery=False,
         database="pgbouncer",
+        user="",
         preload=None,
         superuser=False,
         roles=frozenset(),

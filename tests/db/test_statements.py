@@ -290,4 +290,6 @@ def test_pg_monitor_sees_every_role(server: LocalPostgres, app_db: str) -> None:
 
     # Without pg_read_all_stats other roles' statements have no queryid: unavailable, not partial.
     samples = collect(server.dsn(user="stmt_nobody"), "statements")
-    assert reason(samples, "statements") == "role is not a member of pg_read_all_stats"
+    assert reason(samples, "statements") == (
+        "role is not a member of pg_read_all_stats: GRANT pg_monitor TO stmt_nobody"
+    )

@@ -216,6 +216,43 @@ BAD_COLLECTORS: list[tuple[dict[str, Any], str]] = [
         "label name 'target' is reserved",
     ),
     (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "__kind": "label"}}]},
+        "metrics.__kind: label names beginning with __ are reserved by Prometheus",
+    ),
+    (
+        {
+            "queries": [
+                {
+                    "sql": "SELECT 1",
+                    "metrics": {
+                        "x": "gauge",
+                        "nspname": {"usage": "label", "name": "relname"},
+                        "relname": "label",
+                    },
+                }
+            ]
+        },
+        "metrics.relname: publishes the label 'relname' as metrics.nspname does",
+    ),
+    (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "datname": "label"}}]},
+        "metrics.datname: label name 'datname' is the exporter's own",
+    ),
+    (
+        {
+            "queries": [
+                {
+                    "sql": "SELECT 1",
+                    "metrics": {
+                        "x": {"usage": "gauge", "aliases": ["old"]},
+                        "y": {"usage": "gauge", "aliases": ["old"]},
+                    },
+                }
+            ]
+        },
+        "metrics.y.aliases: 'old' also stands for metrics.x",
+    ),
+    (
         {"scope": "server", "databases": ["app"]},
         "databases: only for collectors with scope: database",
     ),
