@@ -16,11 +16,12 @@ index health on a large schema) are stretched only as far as the budget needs.
 """
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-# How much a new measurement weighs against the collector's average cost per run: costs
-# move with the schema and the load, but one slow run must not halve the others' intervals.
-SMOOTHING = 0.5
+# A collector's cost is the least of its last few runs: the client's clock can only add to
+# what the server spent (a loaded client, the GIL), never take away, and a real change of cost
+# (a schema that grew) shows within this many runs.
+RECENT_RUNS = 5
 # The longest a collector is stretched to, whatever the budget: a day.
 MAX_INTERVAL_SECONDS = 86_400.0
 
@@ -29,7 +30,12 @@ MAX_INTERVAL_SECONDS = 86_400.0
 class _Collector:
     interval: float  # as configured
     stretchable: bool
-    cost: float | None = None  # seconds of database time per run, smoothed; None: not run yet
+    recent: list[float] = field(default_factory=list)  # seconds per run, the latest last
+
+    @property
+    def cost(self) -> float | None:
+        """Seconds of database time per run; None before the first run."""
+        return min(self.recent) if self.recent else None
 
 
 class Budget:
@@ -46,8 +52,8 @@ class Budget:
         """A collector scheduled on the target (again: a reload may change its interval)."""
         with self._lock:
             old = self._collectors.get(name)
-            cost = old.cost if old is not None else None
-            self._collectors[name] = _Collector(interval, interval > self._fixed_up_to, cost)
+            recent = old.recent if old is not None else []
+            self._collectors[name] = _Collector(interval, interval > self._fixed_up_to, recent)
             self._solve()
 
     def remove(self, name: str) -> None:
@@ -62,8 +68,7 @@ class Budget:
             collector = self._collectors.get(name)
             if collector is None:
                 return
-            old = collector.cost
-            collector.cost = seconds if old is None else old + SMOOTHING * (seconds - old)
+            collector.recent = [*collector.recent[-(RECENT_RUNS - 1) :], seconds]
             self._solve()
 
     def interval(self, name: str) -> float:
