@@ -28,7 +28,7 @@ from exporter.errors import ConfigError
 from exporter.logs import setup
 from exporter.secretfiles import exposed_secret_files
 from exporter.signals import wait_for_signal
-from exporter.units import parse_listen_address
+from exporter.units import check_listen_address
 from exporter.web.config import OPEN, WebSecurity, load_web_config
 
 EXIT_OK = 0
@@ -148,13 +148,20 @@ def _secrets(config: Config) -> list[str]:
     return [secret for target in config.targets for secret in target.secrets()]
 
 
+def _check_listen(address: str, source: str) -> None:
+    try:
+        check_listen_address(address)
+    except ValueError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+
+
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args)
+    # The address first: a busy port fails at once, before the targets are even read.
     if args.listen_address:
-        try:
-            parse_listen_address(args.listen_address)
-        except ValueError as exc:
-            raise ConfigError([f"--web.listen-address: {exc}"]) from None
+        _check_listen(args.listen_address, "--web.listen-address")
+    config = _load(args)
+    if not args.listen_address:
+        _check_listen(config.listen_address, "listen_address")
     web = _web(args)
     setup(args.log_level, args.log_format, _secrets(config))
     _warn_exposed(config, args.config)
@@ -212,8 +219,11 @@ def _demo(args: argparse.Namespace) -> int:
     # Imported here: the daemon never loads the demo, its workload or embedded PostgreSQL.
     from exporter.demo.demo import run_demo  # noqa: PLC0415
 
+    listen_address = args.listen_address or "127.0.0.1:9188"
+    # Before the embedded server and the demo's database are built.
+    _check_listen(listen_address, "--web.listen-address")
     setup(args.log_level, args.log_format)
-    return run_demo(listen_address=args.listen_address or "127.0.0.1:9188", data_dir=args.data_dir)
+    return run_demo(listen_address=listen_address, data_dir=args.data_dir)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -232,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[command](args)
     except ConfigError as exc:
+        if len(exc.problems) == 1:  # one problem, one line
+            print(f"configuration error: {exc.problems[0]}", file=sys.stderr)
+            return EXIT_CONFIG
         print("configuration error:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)

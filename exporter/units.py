@@ -1,6 +1,8 @@
 """Value types shared by the configuration and the collector catalogue."""
 
+import errno
 import re
+import socket
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -73,3 +75,28 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{address!r} is not HOST:PORT (e.g. :9188 or 127.0.0.1:9188)")
     return host.strip("[]"), int(port_text)
+
+
+_BIND_REASONS = {
+    errno.EADDRINUSE: "the address is already in use (another exporter, or another program?)",
+    errno.EADDRNOTAVAIL: "no network interface of this machine has that address",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+}
+
+
+def check_listen_address(address: str) -> None:
+    """Raise ValueError, in one line naming the address and why, unless something could listen
+    on `address` now. Called before anything else starts, so a busy port fails at once."""
+    host, port = parse_listen_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # As the HTTP server binds: a port left in TIME_WAIT is free, one listened on is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host or "0.0.0.0", port))
+    except socket.gaierror as exc:
+        reason = f"unknown host {host!r} ({exc.strerror})"
+        raise ValueError(f"cannot listen on {address}: {reason}") from None
+    except OSError as exc:
+        reason = _BIND_REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+        raise ValueError(f"cannot listen on {address}: {reason}") from None
