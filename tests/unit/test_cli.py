@@ -3,12 +3,13 @@
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from exporter.cli import main
 from support import REPO
 
 TARGET = {"name": "main", "dsn": "host=127.0.0.1 port=1 dbname=postgres"}
@@ -32,6 +33,14 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def check_config_error(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """`check-config --config PATH`, in this process: its one line of error."""
+    assert main(["check-config", "--config", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
     return lines[0]
 
 
@@ -73,3 +82,31 @@ def test_unbindable_address_names_the_reason() -> None:
     # 192.0.2.0/24 is TEST-NET-1: no interface of this machine has it.
     line = one_line_error(run_cli("demo", "--web.listen-address", "192.0.2.1:9188"))
     assert "cannot listen on 192.0.2.1:9188: no network interface" in line
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda path: None, "No such file or directory"),
+        (lambda path: path.mkdir(), "Is a directory"),
+        (lambda path: path.write_bytes(b"targets: \xff\xfe\n"), "not UTF-8 text (byte 10)"),
+    ],
+    ids=["missing", "directory", "not-utf8"],
+)
+def test_unreadable_config_or_password_file_is_one_line(
+    make: Callable[[Path], object],
+    reason: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    unreadable = tmp_path / "unreadable"
+    make(unreadable)
+    line = check_config_error(unreadable, capsys)
+    assert line == f"configuration error: {unreadable}: cannot read: {reason}"
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"targets": [{**TARGET, "password_file": str(unreadable)}]}))
+    line = check_config_error(config, capsys)
+    assert line == (
+        f"configuration error: targets.0.password_file: cannot read {unreadable}: {reason}"
+    )
