@@ -214,7 +214,7 @@ def parse_config(raw: Any) -> Config:
     try:
         config = _read_password_files(Config.model_validate(raw), problems)
     except ValidationError as exc:
-        problems.extend(validation_problems(exc))
+        problems.extend(validation_problems(exc, model=Config))
     raw_collectors = raw.get("collectors")
     collectors, collector_problems = resolve(
         raw_collectors if isinstance(raw_collectors, dict) else {}

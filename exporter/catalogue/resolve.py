@@ -57,7 +57,7 @@ def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
                 spec = apply_override(spec, override)  # noqa: PLW2901 (the overridden spec)
             collectors.append(Collector(name=name, spec=spec, builtin=True))
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, f"collectors.{name}."))
+            problems.extend(validation_problems(exc, f"collectors.{name}.", CollectorOverride))
         except ValueError as exc:
             problems.append(f"collectors.{name}.{exc}")
     for name, body in raw.items():
@@ -69,7 +69,7 @@ def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
         try:
             spec = TypeAdapter(CollectorSpec).validate_python(body)
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, f"collectors.{name}."))
+            problems.extend(validation_problems(exc, f"collectors.{name}.", CollectorSpec))
             continue
         collectors.append(Collector(name=name, spec=spec, builtin=False))
     for collector in collectors:

@@ -356,3 +356,58 @@ def test_cli_exits_2_naming_the_key(
     path.write_text(yaml.safe_dump(raw))
     assert main(["check-config", "--config", str(path)]) == 2
     assert expected in capsys.readouterr().err
+
+
+UNKNOWN = "Extra inputs are not permitted"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"targets": [{**TARGET, "max_conections": 3}]},
+            f"targets.0.max_conections: {UNKNOWN} (did you mean `max_connections`?)",
+        ),
+        (
+            {"targets": [TARGET], "colectors": {}},
+            f"colectors: {UNKNOWN} (did you mean `collectors`?)",
+        ),
+        (
+            {"targets": [{**TARGET, "databases": {"exlude": ["x"]}}]},
+            f"targets.0.databases.exlude: {UNKNOWN} (did you mean `exclude`?)",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"tables": {"intreval": "5m"}}},
+            f"collectors.tables.intreval: {UNKNOWN} (did you mean `interval`?)",
+        ),
+        (
+            {
+                "targets": [TARGET],
+                "collectors": {
+                    "mine": {
+                        "help": "x",
+                        "queries": [
+                            {"sql": "SELECT 1 AS x", "metrics": {"x": "gauge"}, "limt": {}}
+                        ],
+                    }
+                },
+            },
+            f"collectors.mine.queries.0.limt: {UNKNOWN} (did you mean `limit`?)",
+        ),
+        # Nothing close: no guess.
+        ({"targets": [{**TARGET, "zzzz": 1}]}, f"targets.0.zzzz: {UNKNOWN}"),
+    ],
+)
+def test_unknown_key_suggests_the_closest(raw: object, expected: str) -> None:
+    assert expected in problems_of(raw)
+
+
+def test_unknown_web_config_key_suggests_the_closest(tmp_path: Path) -> None:
+    from exporter.web.config import load_web_config  # noqa: PLC0415
+
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config:\n  cert_fil: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    expected = f"{path}: tls_server_config.cert_fil: {UNKNOWN} (did you mean `cert_file`?)"
+    assert expected in caught.value.problems
