@@ -5,30 +5,66 @@ import re
 import socket
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, ValidationInfo
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+# Validation context under which a Duration may be float seconds: a spec already validated,
+# dumped and validated again with changes (`catalogue.resolve.apply_override`).
+SECONDS_ALLOWED = {"durations": "seconds"}
+
+
 def parse_duration(value: Any) -> float:
-    """Seconds from `15s`, `500ms`, `5m`, `1h`, `1d` or a bare number of seconds."""
+    """Seconds from `15s`, `500ms`, `5m`, `1h` or `1d`. A bare number is refused: is
+    `interval: 15000` 15,000 seconds or 15 seconds in milliseconds?"""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 15s, 5m or 500ms")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2) or "s"]
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and (match := _DURATION.match(value)) and not match.group(2)
+    ):
+        raise ValueError(_no_unit(value))
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
     else:
         raise ValueError("expected a duration such as 15s, 5m or 500ms")
+    return _at_least_a_millisecond(seconds)
+
+
+def _no_unit(value: Any) -> str:
+    number = str(value).strip()
+    as_ms = f"{number}ms"
+    try:
+        seconds = float(number) / 1000
+        if seconds >= 1 and format_duration(seconds) != as_ms:
+            as_ms = f"{format_duration(seconds)}` (`{number}ms`)"
+        else:
+            as_ms += "`"
+    except ValueError:
+        as_ms += "`"
+    return f"{number} has no unit: write `{as_ms} for milliseconds or `{number}s` for seconds"
+
+
+def _at_least_a_millisecond(seconds: float) -> float:
     if seconds < 0.001:
         # Timeouts are passed to PostgreSQL in whole milliseconds, where 0 means "no timeout".
         raise ValueError("a duration must be at least 1ms")
     return seconds
 
 
-# Durations are stored as float seconds; the config may spell them `15s`, `5m` or `500ms`.
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def _duration(value: Any, info: ValidationInfo) -> float:
+    if (
+        isinstance(value, float)
+        and isinstance(info.context, dict)
+        and info.context.get("durations") == "seconds"
+    ):
+        return _at_least_a_millisecond(value)
+    return parse_duration(value)
+
+
+# Durations are stored as float seconds; the config spells them `15s`, `5m` or `500ms`.
+Duration = Annotated[float, BeforeValidator(_duration)]
 
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from exporter.catalogue.lint import check_metric_names, name_clashes, sql_problems
 from exporter.catalogue.spec import NAME_PATTERN, Collector, CollectorOverride, CollectorSpec
 from exporter.errors import validation_problems
+from exporter.units import SECONDS_ALLOWED
 
 
 def builtin_specs() -> dict[str, CollectorSpec]:
@@ -42,7 +43,8 @@ def apply_override(spec: CollectorSpec, override: CollectorOverride) -> Collecto
     if unknown:
         raise ValueError(f"params: no such param(s): {', '.join(unknown)}")
     changes["params"] = {**spec.params, **changes.get("params", {})}
-    return CollectorSpec.model_validate({**spec.model_dump(), **changes})
+    # The dump holds float seconds, validated once already.
+    return CollectorSpec.model_validate({**spec.model_dump(), **changes}, context=SECONDS_ALLOWED)
 
 
 def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:

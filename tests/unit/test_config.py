@@ -411,3 +411,56 @@ def test_unknown_web_config_key_suggests_the_closest(tmp_path: Path) -> None:
         load_web_config(path)
     expected = f"{path}: tls_server_config.cert_fil: {UNKNOWN} (did you mean `cert_file`?)"
     assert expected in caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"targets": [TARGET], "up_interval": 15000},
+            "up_interval: 15000 has no unit: write `15s` (`15000ms`) for milliseconds or "
+            "`15000s` for seconds",
+        ),
+        (
+            {"targets": [{**TARGET, "connect_timeout": "5"}]},
+            "targets.0.connect_timeout: 5 has no unit: write `5ms` for milliseconds or `5s`",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"tables": {"interval": 300}}},
+            "collectors.tables.interval: 300 has no unit",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"migrations": {**CUSTOM, "timeout": 2}}},
+            "collectors.migrations.timeout: 2 has no unit",
+        ),
+        (
+            {
+                "targets": [TARGET],
+                "collectors": {
+                    "migrations": {
+                        **CUSTOM,
+                        "queries": [{**CUSTOM["queries"][0], "interval": 60}],
+                    }
+                },
+            },
+            "collectors.migrations.queries.0.interval: 60 has no unit",
+        ),
+    ],
+)
+def test_a_duration_without_a_unit_is_an_error(raw: object, expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(raw)), problems_of(raw)
+
+
+def test_durations_with_units_are_still_accepted_everywhere() -> None:
+    config = parse_config(
+        {
+            "targets": [{**TARGET, "connect_timeout": "1500ms", "lock_timeout": "2s"}],
+            "up_interval": "1m",
+            "collectors": {"tables": {"interval": "5m", "timeout": "30s"}},
+        }
+    )
+    assert (config.up_interval, config.targets[0].connect_timeout) == (60.0, 1.5)
+    assert (config.collector("tables").spec.interval, config.collector("tables").spec.timeout) == (
+        300.0,
+        30.0,
+    )
