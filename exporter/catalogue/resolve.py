@@ -5,6 +5,7 @@ names, its SQL, and names clashing between collectors. Every problem comes back 
 `collectors.NAME.path: message`.
 """
 
+import difflib
 import functools
 import re
 from importlib import resources
@@ -47,6 +48,18 @@ def apply_override(spec: CollectorSpec, override: CollectorOverride) -> Collecto
     return CollectorSpec.model_validate({**spec.model_dump(), **changes}, context=SECONDS_ALLOWED)
 
 
+def _looks_like_override(body: Any) -> bool:
+    """A body that changes a collector (interval, enabled...) rather than defining one."""
+    return body is None or (isinstance(body, dict) and not {"help", "queries"} & set(body))
+
+
+def _not_builtin(name: str, builtins: dict[str, CollectorSpec]) -> str:
+    close = difflib.get_close_matches(name, builtins, n=1, cutoff=0.6)
+    if close:
+        return f"no built-in collector named {name} (did you mean {close[0]}?)"
+    return f"no built-in collector named {name}; a custom collector needs `help` and `queries`"
+
+
 def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
     """The collectors config.yaml's `collectors:` section makes, and every problem with them."""
     problems: list[str] = []
@@ -67,6 +80,9 @@ def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
             continue
         if not re.match(NAME_PATTERN, name):
             problems.append(f"collectors.{name}: names are lower_snake_case")
+            continue
+        if _looks_like_override(body):
+            problems.append(f"collectors.{name}: {_not_builtin(name, builtins)}")
             continue
         try:
             spec = TypeAdapter(CollectorSpec).validate_python(body)

@@ -464,3 +464,33 @@ def test_durations_with_units_are_still_accepted_everywhere() -> None:
         300.0,
         30.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("collectors", "expected"),
+    [
+        (
+            {"tabels": {"interval": "5m"}},
+            "collectors.tabels: no built-in collector named tabels (did you mean tables?)",
+        ),
+        (
+            {"conections": None},
+            "collectors.conections: no built-in collector named conections "
+            "(did you mean connections?)",
+        ),
+        (
+            {"nothing_like_it": {"enabled": False}},
+            "collectors.nothing_like_it: no built-in collector named nothing_like_it; a custom "
+            "collector needs `help` and `queries`",
+        ),
+    ],
+)
+def test_misspelt_builtin_collector_is_named_as_such(
+    collectors: dict[str, Any], expected: str
+) -> None:
+    assert problems_of({"targets": [TARGET], "collectors": collectors}) == [expected]
+
+
+def test_a_custom_collector_missing_a_part_is_still_reported_as_one() -> None:
+    found = problems_of({"targets": [TARGET], "collectors": {"tabels": {"help": "Mine."}}})
+    assert found == ["collectors.tabels.queries: Field required"]
