@@ -11,6 +11,7 @@ pg-health-exporter demo [--web.listen-address HOST:PORT] [--data-dir DIR]
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +41,12 @@ log = logging.getLogger("exporter")
 
 def _parser(command: str) -> argparse.ArgumentParser:
     prog = "pg-health-exporter" + ("" if command == "run" else f" {command}")
-    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTIONS[command])
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=textwrap.fill(_DESCRIPTIONS[command] + _subcommand_names(command), width=90),
+        epilog=_subcommands() if command == "run" else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if command != "demo":
         parser.add_argument(
             "--config",
@@ -95,13 +101,31 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 _DESCRIPTIONS = {
     "run": "Prometheus exporter for PostgreSQL health: collects in the background, serves "
-    "/metrics from memory. Subcommands: check-config, once, demo.",
+    "/metrics from memory.",
     "check-config": "Validate the configuration without connecting; exit 2 on any problem.",
     "once": "Run every collector once against every target and print the exposition.",
     "demo": "Start an embedded PostgreSQL and serve the exporter against it.",
     "report": "Collect once from every target and judge the result against documented "
     "thresholds; exit 1 when any finding is critical (docs/report.md).",
 }
+
+
+def _subcommand_names(command: str) -> str:
+    if command != "run":
+        return ""
+    names = ", ".join(name for name in _COMMANDS if name != "run")
+    return f" Subcommands: {names}, described at the end."
+
+
+def _subcommands() -> str:
+    """The subcommands, each with its description, for the daemon's --help."""
+    width = max(len(name) for name in _COMMANDS)
+    lines = [
+        f"  {name:<{width}}  {_DESCRIPTIONS[name].split(';')[0].split(': ')[0].rstrip('.')}"
+        for name in _COMMANDS
+        if name != "run"
+    ]
+    return "subcommands (pg-health-exporter SUBCOMMAND --help for each):\n" + "\n".join(lines)
 
 
 def _load(args: argparse.Namespace) -> Config:

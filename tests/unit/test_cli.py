@@ -1,5 +1,6 @@
 """The command line as a person meets it: errors in one line with exit 2, and --help."""
 
+import re
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.cli import main
+from exporter.cli import _COMMANDS, main
 from support import REPO
 
 TARGET = {"name": "main", "dsn": "host=127.0.0.1 port=1 dbname=postgres"}
@@ -110,3 +111,15 @@ def test_unreadable_config_or_password_file_is_one_line(
     assert line == (
         f"configuration error: targets.0.password_file: cannot read {unreadable}: {reason}"
     )
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    subcommands = [name for name in _COMMANDS if name != "run"]
+    assert "report" in subcommands
+    for name in subcommands:
+        assert re.search(rf"^  {re.escape(name)} +\S", out, re.MULTILINE), name
+        assert name in out.split("options:")[0]  # named in the description too, at the top
