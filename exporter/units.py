@@ -102,7 +102,32 @@ def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{round(seconds * 1000)}ms"
+    return f"{_milliseconds(seconds)}ms"
+
+
+def human_milliseconds(seconds: float) -> str:
+    """A duration in milliseconds for people (`12 ms`, `0.4 ms`): a real, non-zero duration
+    never shows as `0 ms`."""
+    return f"{_milliseconds(seconds)} ms"
+
+
+def _milliseconds(seconds: float) -> str:
+    ms = seconds * 1000
+    if ms <= 0:
+        return "0"
+    if ms < 0.05:
+        return "<0.1"
+    if ms < 0.95:
+        return f"{ms:.1f}"
+    return f"{round(ms)}"
+
+
+def format_server_version(version_num: int) -> str:
+    """`server_version_num` as people write it: 180006 is 18.6, 90624 is 9.6.24."""
+    major = version_num // 10000
+    if major >= 10:
+        return f"{major}.{version_num % 10000}"
+    return f"{major}.{version_num // 100 % 100}.{version_num % 100}"
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
