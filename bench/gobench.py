@@ -82,8 +82,9 @@ GOAL_SIZE = "L"
 STATEMENTS = 5_000
 ROWS_PER_TABLE = 100
 
-DEFAULT_BINDIR = Path("/usr/lib/postgresql/15/bin")
-GO_BINARY = Path("/usr/bin/prometheus-postgres-exporter")
+# Debian's builds, unpacked into the checkout by `make bench-tools` (.ci/install-tools.sh).
+DEFAULT_BINDIR = REPO / ".cache" / "postgres" / "15" / "bin"
+GO_BINARY = REPO / ".cache" / "tools" / "bin" / "prometheus-postgres-exporter"
 GO_QUERIES = REPO / "bench" / "go_queries.yaml"
 OURS_BINARY = Path(sys.executable).with_name("pg-health-exporter")
 
@@ -1254,7 +1255,7 @@ The goal verdicts take, for ours, the less favourable of the window's and the st
 Reproduce (2 CPUs here; numbers taken while other work runs are noisy, so the load average
 before and after each size is given):
 
-    apt-get install prometheus-postgres-exporter
+    make bench-tools    # Debian's prometheus-postgres-exporter and PostgreSQL 15, into .cache
     {COMMAND} --write
 
 `{COMMAND} --quick` is the smoke test (size S, a 10 s window with a scrape every 5 s, about
@@ -1336,9 +1337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("need interval > 0, window >= interval and burst >= 1")
     for binary in (args.go, OURS_BINARY):
         if not binary.is_file():
-            parser.error(
-                f"{binary} not found (apt-get install prometheus-postgres-exporter; make install)"
-            )
+            parser.error(f"{binary} not found (make bench-tools; make install)")
 
     command = COMMAND
     for flag, value, default in (

@@ -8,6 +8,7 @@ SIGTERM) stops all of it and removes the temporary files: the database, unless -
 it, and the demo's config.
 """
 
+import shlex
 import shutil
 import signal
 import sys
@@ -140,9 +141,11 @@ def _run(listen_address: str, data_dir: Path | None, scratch: Path) -> None:
                 _say(f"health:   http://{shown}:{port}/health (JSON: /health.json)")
                 _say("waiting for the first collection ...")
                 _print_report(exporter, config)
-                _say(
-                    f"the full report at any time: pg-health-exporter report --config {config_path}"
-                )
+                # This installation's command, runnable from any directory (make demo's is in
+                # .venv/bin, not on PATH).
+                script = Path(sys.executable).with_name("pg-health-exporter")
+                command = shlex.quote(str(script)) if script.is_file() else "pg-health-exporter"
+                _say(f"the full report at any time: {command} report --config {config_path}")
                 _say("press Ctrl-C to stop and remove the demo database")
                 wait_for_signal()
                 _say("stopping ...")

@@ -54,12 +54,14 @@ def free_port() -> int:
 
 def tool(name: str, package: str) -> str:
     """The path of a program the tests drive (promtool, amtool...). Missing is a failure, not a
-    skip: a suite that silently skips its real-tool checks proves nothing. `.ci/run` installs
-    them all."""
+    skip: a suite that silently skips its real-tool checks proves nothing. `make test` unpacks
+    them all into .cache/tools."""
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"{name} is not installed: apt-get install {package} (as .ci/run does)", pytrace=False
+            f"{name} is not installed: `make test` unpacks it into .cache/tools "
+            f"(or run .ci/install-tools.sh {package})",
+            pytrace=False,
         )
     return path
 
