@@ -52,7 +52,10 @@ NOT_RUN = {
     "make test": "the suite itself",
     "PG_BINDIR=.cache/postgres/15/bin make test": "the suite itself, on another build",
     "make test-majors": "the suite on five more builds; CI runs it (.ci/run)",
+    "make test-unit": "part of the suite itself (tests/unit)",
     "make lint": "CI runs it (.ci/run)",
+    "make screenshots": "retakes docs/health-page-*.png; test_health_browser takes the same "
+    "screenshots",
     "make dashboards": "rewrites dashboards/*.json; test_dashboards checks they are current",
     "make metrics-doc": "rewrites METRICS.md; test_metricsdoc checks it is current",
     "make bench": "15-40 minutes, and rewrites BENCHMARKS.md",
