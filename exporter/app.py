@@ -166,4 +166,12 @@ class Exporter:
 
 
 def _landing(config: Config) -> LandingPage:
-    return LandingPage(target_dsns={t.name: t.safe_dsn() for t in config.targets})
+    return LandingPage(
+        target_dsns={t.name: t.safe_dsn() for t in config.targets},
+        collectors={
+            t.name: [
+                c.name for c in config.catalogue if c.spec.enabled and c.spec.target_type == t.type
+            ]
+            for t in config.targets
+        },
+    )

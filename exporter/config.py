@@ -192,9 +192,9 @@ def _read_password_files(config: Config, problems: list[str]) -> Config:
             continue
         try:
             secret = target.password_file.read_text().rstrip("\r\n")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             problems.append(
-                f"targets.{index}.password_file: cannot read {target.password_file}: {exc.strerror}"
+                f"targets.{index}.password_file: cannot read {target.password_file}: {_why(exc)}"
             )
             targets.append(target)
         else:
@@ -214,7 +214,7 @@ def parse_config(raw: Any) -> Config:
     try:
         config = _read_password_files(Config.model_validate(raw), problems)
     except ValidationError as exc:
-        problems.extend(validation_problems(exc))
+        problems.extend(validation_problems(exc, model=Config))
     raw_collectors = raw.get("collectors")
     collectors, collector_problems = resolve(
         raw_collectors if isinstance(raw_collectors, dict) else {}
@@ -229,14 +229,20 @@ def read_yaml(path: Path) -> Any:
     """A YAML file's document; ConfigError (with the line) when unreadable or not YAML."""
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {_why(exc)}"]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+
+
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start + 1})"
+    return exc.strerror or str(exc)
 
 
 def load_config(path: Path) -> Config:

@@ -30,7 +30,7 @@ from exporter.demo.embedded import LocalPostgres
 from exporter.demo.workload import Planted, Workload, plant_problems
 from exporter.report.format import format_text, use_colour
 from exporter.signals import wait_for_signal
-from exporter.units import format_duration, parse_listen_address
+from exporter.units import format_duration, format_server_version, parse_listen_address
 
 TARGET = "demo"
 DATABASE = "app"
@@ -105,7 +105,7 @@ def run_demo(*, listen_address: str, data_dir: Path | None) -> int:
 def _run(listen_address: str, data_dir: Path | None, scratch: Path) -> None:
     _say("starting an embedded PostgreSQL with pg_stat_statements and pgstattuple ...")
     with LocalPostgres(datadir=data_dir, settings={"max_connections": str(MAX_CONNECTIONS)}) as pg:
-        _say(f"PostgreSQL {pg.version_num()} is up on port {pg.port}")
+        _say(f"PostgreSQL {format_server_version(pg.version_num())} is up on port {pg.port}")
         _say(f"data directory: {pg.datadir}")
         _create_database(pg)
         dsn = pg.dsn(DATABASE)

@@ -25,6 +25,7 @@ from exporter.report.findings import Finding, Report, Severity, TargetInfo, Valu
 from exporter.report.samples import Samples
 from exporter.status import CollectorStatus, State, TargetStatus
 from exporter.targets import ServerFacts
+from exporter.units import human_milliseconds
 
 # What the server knows about each target (the monitoring role leaves its own statements out).
 Facts = Callable[[], Mapping[str, ServerFacts]]
@@ -336,7 +337,7 @@ def _collectors(status: TargetStatus, target: TargetInfo, config: Config) -> lis
         out.append(
             f"<tr><td>{escape(name)}</td><td><span class='state {c.state.value}'>"
             f"{c.state.value}</span></td><td>{last}</td>"
-            f"<td class='n'>{c.last_duration * 1000:.0f} ms</td><td class='n'>{c.series}</td>"
+            f"<td class='n'>{human_milliseconds(c.last_duration)}</td><td class='n'>{c.series}</td>"
             f"<td class='n'>{c.errors_total}</td><td>{escape(c.message)}</td></tr>"
         )
     out.append("</table></div>")

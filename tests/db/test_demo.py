@@ -85,6 +85,8 @@ def test_demo_plants_every_problem_and_cleans_up() -> None:
         assert demo.interrupt() == 0
     output = demo.output
     assert f"http://127.0.0.1:{port}/metrics" in output
+    # The version as people write it (18.6), not server_version_num (180006).
+    assert re.search(r"^demo: PostgreSQL 1\d\.\d+ is up on port", output, re.MULTILINE), output
     assert f"http://127.0.0.1:{port}/health" in output
     # The short report names the planted objects with their fixes.
     assert "PostgreSQL health report" in output

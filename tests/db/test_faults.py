@@ -240,3 +240,26 @@ def test_custom_collector_with_broken_sql_is_reported(postgres: LocalPostgres) -
     assert value(samples, "pg_exporter_collector_up", collector="typo") == 0
     assert value(samples, "pg_exporter_collector_errors_total", collector="typo") == 1
     assert value(samples, "pg_exporter_collector_up", collector="database") == 1
+
+
+def test_an_unreachable_target_is_detected_within_connect_timeout(
+    postgres: LocalPostgres,
+) -> None:
+    # README ("When things fail"): the probe's connect attempt is bounded by connect_timeout.
+    # A stalled proxy accepts the connection and never answers, like a hung middlebox.
+    connect_timeout = 2.0
+    with StallingProxy(postgres.port) as proxy:
+        proxy.stall()
+        dsn = f"host=127.0.0.1 port={proxy.port} dbname=postgres user=postgres"
+        config = fast_config(dsn, connect_timeout=connect_timeout)
+        started = time.monotonic()
+        with Exporter(config, listen_address="127.0.0.1:0") as exporter:
+
+            def down() -> bool:
+                status = exporter.store.targets().get("pg")
+                return status is not None and not status.up and bool(status.message)
+
+            wait_for(down, timeout=connect_timeout + 10, what="the target marked down")
+            elapsed = time.monotonic() - started
+    # The attempt itself, plus scheduling: well under the 5 s default or a second attempt.
+    assert elapsed < connect_timeout + 1.5, elapsed

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
 from exporter.demo.embedded import LocalPostgres
-from exporter.units import parse_duration
+from exporter.units import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,7 +130,10 @@ def exporter_config(
     collectors: dict[str, Any] = {}
     for name, spec in builtin_specs().items():
         if name in FAST_COLLECTORS or all_collectors:
-            collectors[name] = {"interval": interval, "timeout": min(spec.timeout, seconds)}
+            collectors[name] = {
+                "interval": interval,
+                "timeout": format_duration(min(spec.timeout, seconds)),
+            }
     collectors.update(extra.pop("collectors", {}))
     raw = {
         "up_interval": interval,

@@ -15,6 +15,7 @@ from exporter.catalogue import Collector
 from exporter.report.findings import Finding, Severity, Value
 from exporter.report.samples import Sample, Samples
 from exporter.status import CollectorStatus
+from exporter.units import human_milliseconds
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def human_bytes(value: float) -> str:
 
 def human_seconds(value: float) -> str:
     if value < 1:
-        return f"{value * 1000:.0f} ms"
+        return human_milliseconds(value)  # never `0 ms` for a real sub-millisecond value
     if value < 120:
         return f"{value:.1f} s"
     if value < 7200:
