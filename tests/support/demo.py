@@ -57,7 +57,7 @@ class DemoProcess:
 
     def postgres_port(self) -> int:
         """The port of the demo's embedded PostgreSQL, as it printed it."""
-        found = re.search(r"PostgreSQL \d+ is up on port (\d+)", self.output)
+        found = re.search(r"PostgreSQL [\d.]+ is up on port (\d+)", self.output)
         assert found, self.output
         return int(found.group(1))
 
