@@ -1,9 +1,16 @@
-"""Log output in logfmt (the Prometheus ecosystem's default) or JSON, one event per line."""
+"""Log output in logfmt (the Prometheus ecosystem's default) or JSON, one event per line.
+
+Everything the process would otherwise print to stderr goes through the same handler, so every
+line is in the chosen format: Python warnings, and exceptions nobody caught (on the main
+thread or any other; the HTTP server logs its own, see web/server.py).
+"""
 
 import json
 import logging
 import sys
+import threading
 import time
+from types import TracebackType
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is printed.
@@ -104,3 +111,22 @@ def setup(level: str, fmt: str, secrets: list[str] | None = None) -> None:
     # previous one overran (pg_exporter_collector_duration_seconds shows that), every interval.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(
+    kind: type[BaseException], exc: BaseException, traceback: TracebackType | None
+) -> None:
+    logging.getLogger("exporter").critical("uncaught exception", exc_info=(kind, exc, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    logging.getLogger("exporter").error(
+        "uncaught exception in a thread",
+        extra={"in_thread": args.thread.name if args.thread else ""},
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

@@ -2,16 +2,34 @@
 /health (/health.json) as the report on the store's data.
 
 Handlers only read the store's current snapshot: no SQL, no waiting on a database.
+
+The server stands in front of anything that can reach the port, before any authentication,
+so no client may hold it: each connection has HEAD_TIMEOUT for its TLS handshake, request
+line and headers together, and WRITE_TIMEOUT for its response, after which its socket is cut;
+the request line and headers are capped in size; and at most `connection_cap()` connections
+are open at once. A new connection beyond the cap evicts the oldest one still sending its
+request (or, when every one is being answered, the oldest of those), so a burst of silent or
+slow clients can delay a scrape by no more than its own request, and never exhausts the
+file descriptors the collectors need.
 """
 
+import contextlib
+import errno
+import io
 import logging
+import re
+import resource
 import socket
+import sys
 import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 from exporter import __version__
 from exporter.exposition.store import Store
+from exporter.targets.watchdog import Watchdog
 from exporter.units import parse_listen_address
 from exporter.web.config import OPEN, WebSecurity
 from exporter.web.health import HealthPage
@@ -22,6 +40,133 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+HEAD_TIMEOUT = 5.0  # seconds for the TLS handshake, the request line and the headers, in all
+WRITE_TIMEOUT = 30.0  # seconds to send a response: a 13 MB body at ~450 kB/s
+MAX_REQUEST_LINE = 8192  # bytes, the URL included: beyond it 414
+MAX_HEAD = 16384  # bytes of request line and headers: beyond them 431
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_DEADLINES = Watchdog("http-deadlines")
+
+
+def connection_cap() -> int:
+    """How many connections may be open at once: half the file descriptors this process may
+    open (the rest are for database sessions and everything else), within 16 and 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, min(1024, soft // 2))
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether a response may be gzipped, per RFC 9110 12.5.3 (q-values; `*`; x-gzip).
+
+    gzip wins over identity at equal preference; `gzip;q=0` or a higher q for identity
+    get the plain body."""
+    if not header:
+        return False
+    weights: dict[str, float] = {}
+    for item in header.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if not coding:
+            continue
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 0.0  # not a weight: as good as not offered
+        weights[coding.lower()] = weight
+    # Codings not listed take the wildcard's weight; identity, unlisted and without a
+    # wildcard, stays acceptable but is not preferred to a coding the client asked for.
+    wildcard = weights.get("*", 0.0)
+    gzip = weights.get("gzip", weights.get("x-gzip", wildcard))
+    identity = weights.get("identity", wildcard)
+    return gzip > 0 and gzip >= identity
+
+
+@dataclass
+class _Open:
+    """One open connection: its socket (the TLS one once wrapped) and its deadline."""
+
+    sock: socket.socket
+    token: int
+    reading: bool  # still sending its request
+    since: float
+
+
+class _Connections:
+    """The open connections, each with a deadline, within the cap.
+
+    Keyed by the accepted socket, which socketserver hands back when the connection ends.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._lock = threading.Condition()
+        self._open: dict[socket.socket, _Open] = {}
+        self._wrapped: dict[socket.socket, socket.socket] = {}  # TLS socket -> accepted one
+
+    def admit(self, sock: socket.socket) -> None:
+        with self._lock:
+            while len(self._open) >= self.cap:
+                self._evict_locked()
+            entry = _Open(sock, 0, reading=True, since=time.monotonic())
+            entry.token = _DEADLINES.arm(HEAD_TIMEOUT, lambda: _cut(entry))
+            self._open[sock] = entry
+
+    def wrapped(self, sock: socket.socket, tls: socket.socket) -> None:
+        """The accepted socket now lives on as `tls` (its descriptor moved there)."""
+        with self._lock:
+            entry = self._open.get(sock)
+            if entry is not None:
+                entry.sock = tls
+                self._wrapped[tls] = sock
+        if entry is None:
+            _cut(_Open(tls, 0, reading=False, since=0.0))  # evicted during the handshake
+
+    def responding(self, sock: socket.socket) -> None:
+        """Its request is in: from now on it has WRITE_TIMEOUT for the response."""
+        with self._lock:
+            entry = self._open.get(self._wrapped.get(sock, sock))
+            if entry is None:
+                return  # evicted meanwhile: its socket is cut already
+            _DEADLINES.disarm(entry.token)
+            entry.reading = False
+            entry.token = _DEADLINES.arm(WRITE_TIMEOUT, lambda: _cut(entry))
+
+    def release(self, sock: socket.socket) -> None:
+        with self._lock:
+            entry = self._open.pop(sock, None)
+            if entry is not None:
+                _DEADLINES.disarm(entry.token)
+                self._wrapped.pop(entry.sock, None)
+            self._lock.notify_all()
+
+    def make_room(self, wait: float) -> None:
+        """Out of file descriptors: free one, or wait (up to `wait`) for a connection to end."""
+        with self._lock:
+            if self._open:
+                self._evict_locked()
+            else:
+                self._lock.wait(timeout=wait)
+
+    def _evict_locked(self) -> None:
+        # The oldest connection still sending its request; else the oldest being answered.
+        key = min(self._open, key=lambda s: (not self._open[s].reading, self._open[s].since))
+        entry = self._open.pop(key)
+        self._wrapped.pop(entry.sock, None)
+        _DEADLINES.disarm(entry.token)
+        log.debug("connection evicted: too many open", extra={"reading_request": entry.reading})
+        _cut(entry)
+
+
+def _cut(entry: _Open) -> None:
+    """End a connection's reads and writes now; its own thread then closes it."""
+    with contextlib.suppress(OSError):
+        entry.sock.shutdown(socket.SHUT_RDWR)
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow client never blocks shutdown
@@ -30,12 +175,48 @@ class _Server(ThreadingHTTPServer):
     # their SYNs dropped and retried a second or more later. The kernel caps it at somaxconn.
     request_queue_size = 128
 
+    def __init__(self, address: tuple[str, int], handler: type["_Handler"], cap: int) -> None:
+        self.connections = _Connections(cap)
+        super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            # Out of descriptors the listening socket stays readable, and accept() would be
+            # retried at once, forever: free one first.
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.connections.make_room(wait=1.0)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.admit(request)
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread could be started: drop this one connection
+            self.shutdown_request(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.release(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr, outside the log and its format.
+        client = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        failure = sys.exc_info()[1]
+        if isinstance(failure, OSError):  # the client went away, or its deadline passed
+            log.debug("client connection ended", extra={"client": client, "error": str(failure)})
+        else:
+            log.error("HTTP request failed", extra={"client": client}, exc_info=True)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         # On the connection's own thread, so a slow TLS handshake delays no other client.
         handler: type[_Handler] = self.RequestHandlerClass  # type: ignore[assignment]
         conn = secure(request, handler.web)
         if conn is None:
             return
+        if conn is not request:
+            self.connections.wrapped(request, conn)
         try:
             super().finish_request(conn, client_address)
         finally:
@@ -53,6 +234,63 @@ class _Handler(BaseHTTPRequestHandler):
     health: ClassVar[HealthPage]
     web: ClassVar[WebSecurity]  # replaced whole on reload; each request reads it once
     server_version = f"pg-health-exporter/{__version__}"
+    server: _Server
+
+    def handle(self) -> None:
+        """One request per connection (HTTP/1.0): its head read within its deadline."""
+        head = self._read_head()
+        if head is None:
+            return
+        self.server.connections.responding(self.connection)
+        self.rfile.close()  # the socket's reader: nothing more is read from it
+        self.rfile = io.BytesIO(head)
+        self.handle_one_request()
+
+    def _read_head(self) -> bytes | None:
+        """The request line and headers, or None (answered or closed) when they do not come
+        complete within the limits; the connection's deadline cuts a slow one."""
+        head = bytearray()
+        while True:
+            try:
+                chunk = self.connection.recv(4096)
+            except OSError:
+                return None  # reset by the client, or cut at its deadline
+            if not chunk:
+                return None
+            head += chunk
+            end = _HEAD_END.search(head)
+            line_end = head.find(b"\n")
+            if (line_end < 0 and len(head) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+                self._refuse(414, "URI Too Long")
+                return None
+            if (end.end() if end else len(head)) > MAX_HEAD:
+                self._refuse(431, "Request Header Fields Too Large")
+                return None
+            if end is not None:
+                return bytes(head[: end.end()])
+
+    def _refuse(self, code: int, reason: str) -> None:
+        body = f"{reason}\n".encode()
+        with contextlib.suppress(OSError):
+            self.connection.sendall(
+                f"HTTP/1.0 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+        log.debug("request refused", extra={"client": self.client_address[0], "code": code})
+
+    def do_HEAD(self) -> None:
+        self.do_GET()  # _send leaves the body out
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False  # answered (400, 505...)
+        if self.command in ("GET", "HEAD"):
+            return True
+        self._send(
+            405, b"method not allowed\n", "text/plain; charset=utf-8", extra={"Allow": "GET, HEAD"}
+        )
+        return False
 
     def do_GET(self) -> None:
         auth = self.web.auth
@@ -81,11 +319,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         snapshot = self.store.snapshot()
-        accepts_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
-        if accepts_gzip:
-            self._send(200, snapshot.gzipped(), CONTENT_TYPE, encoding="gzip")
+        vary = {"Vary": "Accept-Encoding"}
+        if accepts_gzip(self.headers.get("Accept-Encoding")):
+            self._send(200, snapshot.gzipped(), CONTENT_TYPE, encoding="gzip", extra=vary)
         else:
-            self._send(200, snapshot.body, CONTENT_TYPE)
+            self._send(200, snapshot.body, CONTENT_TYPE, extra=vary)
 
     def _send(
         self,
@@ -103,10 +341,15 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (*self.web.headers, *(extra or {}).items()):
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("http request", extra={"client": self.client_address[0], "line": format % args})
+
+    def log_error(self, format: str, *args: object) -> None:
+        # http.server writes errors to stderr; they go through the log, in its format.
+        log.debug("http error", extra={"client": self.client_address[0], "line": format % args})
 
 
 class MetricsServer:
@@ -120,6 +363,7 @@ class MetricsServer:
         listen_address: str,
         *,
         web: WebSecurity = OPEN,
+        max_connections: int | None = None,
     ) -> None:
         host, port = parse_listen_address(listen_address)
         self._handler: type[_Handler] = type(
@@ -128,7 +372,8 @@ class MetricsServer:
             {"store": store, "landing": landing, "health": health, "web": web},
         )
         server_class = _Server6 if ":" in host else _Server
-        self._httpd = server_class((host or "0.0.0.0", port), self._handler)
+        cap = max_connections or connection_cap()
+        self._httpd = server_class((host or "0.0.0.0", port), self._handler, cap)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
 
     @property

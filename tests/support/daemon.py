@@ -12,19 +12,33 @@ from types import TracebackType
 
 from support import REPO, free_port, wait_for
 
+# `python -m exporter` with RLIMIT_NOFILE lowered first; the limit is the first argument.
+_LIMITED = (
+    "import resource, runpy, sys; limit = int(sys.argv.pop(1)); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)); "
+    "runpy.run_module('exporter', run_name='__main__', alter_sys=True)"
+)
+
 
 class Daemon:
     """`python -m exporter --config FILE ...` with stdout and stderr collected line by line."""
 
     def __init__(
-        self, config: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+        self,
+        config: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+        nofile: int | None = None,
     ) -> None:
+        """`nofile`: the child's limit on open file descriptors (`ulimit -n`), set by the
+        child itself before the exporter starts."""
+        start = ["-m", "exporter"] if nofile is None else ["-c", _LIMITED, str(nofile)]
         self.port = free_port()
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "exporter",
+                *start,
                 "--config",
                 str(config),
                 "--web.listen-address",

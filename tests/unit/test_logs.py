@@ -2,6 +2,7 @@
 
 import json
 import logging
+import subprocess
 import sys
 
 import pytest
@@ -53,3 +54,30 @@ def test_secrets_in_tracebacks_are_masked(formatter: logging.Formatter) -> None:
     line = formatter.format(record)
     assert "Sup3rSecret" not in line
     assert "RuntimeError: could not use password=****" in line.replace("\\n", "\n")
+
+
+def test_warnings_and_uncaught_exceptions_go_through_the_log() -> None:
+    """What Python would print to stderr by itself comes out as log lines in the format."""
+    program = (
+        "import threading, warnings\n"
+        "from exporter.logs import setup\n"
+        "setup('info', 'json')\n"
+        "warnings.warn('a warning')\n"
+        "thread = threading.Thread(target=lambda: 1 / 0, name='worker')\n"
+        "thread.start()\n"
+        "thread.join()\n"
+        "raise RuntimeError('boom')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [e["msg"] for e in events[1:]] == [
+        "uncaught exception in a thread",
+        "uncaught exception",
+    ], result.stderr
+    assert "UserWarning: a warning" in events[0]["msg"]
+    assert "ZeroDivisionError" in events[1]["exc"]
+    assert events[1]["in_thread"] == "worker"
+    assert "RuntimeError: boom" in events[2]["exc"]

@@ -1,0 +1,85 @@
+"""A frozen server: TCP still accepts and acknowledges, nothing answers.
+
+pg_up must go to 0 within one probe interval plus connect_timeout, with one log line naming
+the cause, however the pool's sessions and the visiting slot are stuck meanwhile.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from exporter.app import Exporter
+from exporter.config import Config
+from exporter.demo.embedded import LocalPostgres
+from support import exporter_config, scrape, value, wait_for
+from support.freeze import frozen
+
+RunExporter = Callable[[Config], Exporter]
+UP_INTERVAL = 1.0
+CONNECT_TIMEOUT = 2.0
+# Scheduling on a shared machine, the scrape's own polling, the probe's jitter.
+SLACK = 1.5
+
+
+def config(dsn: str) -> Config:
+    # While frozen, the pool's only session is stuck in a collector's statement (5 s timeouts:
+    # for about 11 s until the watchdog cuts it), and the visiting slot in `tables`' connect
+    # to each database in turn: neither can give the probe a session.
+    return exporter_config(
+        dsn,
+        interval="5s",
+        up_interval=f"{UP_INTERVAL:g}s",
+        collectors={"tables": {"interval": "1s", "timeout": "1s"}},
+    )
+
+
+def pg_up(port: int) -> float | None:
+    return value(scrape(port, timeout=2), "pg_up", target="pg")
+
+
+def collecting(port: int) -> bool:
+    samples = scrape(port, timeout=2)
+    return (
+        value(samples, "pg_up", target="pg") == 1
+        and value(samples, "pg_exporter_collector_up", collector="tables") == 1
+    )
+
+
+def stays(port: int, expected: float, seconds: float) -> None:
+    """pg_up keeps `expected` on every scrape for `seconds`."""
+    pause = threading.Event()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert pg_up(port) == expected
+        pause.wait(0.2)
+
+
+def test_frozen_server_reads_as_down_within_an_interval_and_connect_timeout(
+    private_postgres: LocalPostgres, run_exporter: RunExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
+        for n in range(6):  # a visit to each is stuck in connect for connect_timeout
+            conn.execute(f"CREATE DATABASE frozen_{n}")
+    exporter = run_exporter(config(private_postgres.dsn()))
+    port = exporter.server.port
+    wait_for(lambda: collecting(port), what="first collection")
+    caplog.clear()
+
+    with frozen(private_postgres):
+        frozen_at = time.monotonic()
+        wait_for(lambda: pg_up(port) == 0, timeout=60, what="pg_up 0 while frozen")
+        took = time.monotonic() - frozen_at
+        assert took <= UP_INTERVAL + CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
+        stays(port, 0, 3 * (UP_INTERVAL + CONNECT_TIMEOUT))  # no flapping back to up
+    down = [r for r in caplog.records if r.getMessage() == "target is down"]
+    assert len(down) == 1, [r.__dict__.get("error") for r in down]
+    assert "within 2s" in down[0].__dict__["error"], down[0].__dict__["error"]
+    assert not [r for r in caplog.records if r.getMessage() == "target is up"]
+
+    wait_for(lambda: collecting(port), timeout=60, what="collection after the freeze")
+    assert [r for r in caplog.records if r.getMessage() == "target is up"]
