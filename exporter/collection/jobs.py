@@ -6,7 +6,6 @@ previous status and what its queries remember (sticky choices, slower queries' r
 since only it reads them.
 """
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ _UNAVAILABLE_ERRORS = (
 
 
 class ProbeJob:
-    """The `up` job: log in anew and refresh the server facts; pg_up follows the outcome."""
+    """The `up` job: connect and refresh the server facts; pg_up follows the outcome."""
 
     def __init__(self, target: Target, store: Store) -> None:
         self.target = target
@@ -49,8 +48,14 @@ class ProbeJob:
 
     def __call__(self) -> None:
         target = self.target
-        with contextlib.suppress(ConnectFailed):  # recorded by the target, with one log line
+        try:
             target.refresh()
+        except ConnectFailed:
+            pass  # already recorded by the target as down, with one log line
+        except PoolBusy:
+            pass  # reachable, but busy before its first facts were read: the next probe tries again
+        except psycopg.Error as exc:
+            target.mark_down(target.redact(first_line(exc)))
         self._store.publish_target(
             target.name,
             target.reach,

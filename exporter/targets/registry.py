@@ -10,11 +10,9 @@ import logging
 import threading
 from collections.abc import Iterator
 
-import psycopg
-
 from exporter.catalogue import Collector
 from exporter.config import DatabaseFilter, TargetConfig
-from exporter.errors import ConnectFailed, first_line
+from exporter.errors import ConnectFailed, PoolBusy
 from exporter.logs import SecretMasker
 from exporter.status import Reachability
 from exporter.targets.facts import ServerFacts, probe, probe_pgbouncer
@@ -66,12 +64,9 @@ class Target:
             return self._refresh()
 
     def _refresh(self) -> ServerFacts:
-        # A new login every time, within connect_timeout: a pooled session proves neither that
-        # the server still answers (it may be frozen, the pool's sessions stuck) nor that it
-        # still lets the role in. The pool is for the collectors.
         timeout = self.config.connect_timeout
         try:
-            with self.connections.fresh_session(timeout) as conn:
+            with self.connections.connection(wait_seconds=timeout) as conn:
                 if self.config.type == "pgbouncer":
                     facts = probe_pgbouncer(conn)
                 else:
@@ -80,10 +75,14 @@ class Target:
         except ConnectFailed as exc:
             self.mark_down(self.redact(str(exc)))
             raise
-        except psycopg.Error as exc:  # connected, but the probe's statement failed or hung
-            message = self.redact(first_line(exc))
-            self.mark_down(message)
-            raise ConnectFailed(message) from None
+        except PoolBusy:
+            # Reachable (a direct attempt just worked), only busy with collectors: still up.
+            with self._lock:
+                known = self._facts
+            if known is None:
+                raise
+            self.mark_up(known)
+            return known
         with self._lock:
             self._facts = facts
         self.mark_up(facts)

@@ -6,13 +6,11 @@ snapshot. The total number of connections to a target never exceeds its `max_con
 the pool gets all but one of them, visits to other databases share the last one.
 """
 
-import math
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -30,20 +28,6 @@ REPLY_GRACE_SECONDS = 2.0
 
 _WATCHDOG = Watchdog("session-watchdog")
 _Result = TypeVar("_Result")
-# `deadline`: a monotonic time that no wait for the server on this thread may pass.
-_THREAD = threading.local()
-
-
-@contextmanager
-def _within(seconds: float) -> Iterator[None]:
-    """Every round trip on this thread (the pool's check included) ends within `seconds`."""
-    previous: float | None = getattr(_THREAD, "deadline", None)
-    deadline = time.monotonic() + seconds
-    _THREAD.deadline = deadline if previous is None else min(previous, deadline)
-    try:
-        yield
-    finally:
-        _THREAD.deadline = previous
 
 
 def session_options(target: TargetConfig) -> dict[str, Any]:
@@ -110,9 +94,6 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     def wait(self, gen: PQGen[_Result], *args: Any, **kwargs: Any) -> _Result:
         limit = self.reply_limit
-        deadline: float | None = getattr(_THREAD, "deadline", None)
-        if deadline is not None:
-            limit = max(0.01, min(limit, deadline - time.monotonic()))
         token = _WATCHDOG.arm(limit, self._sever)
         try:
             return super().wait(gen, *args, **kwargs)
@@ -206,47 +187,6 @@ class TargetConnections:
                 yield conn
         finally:
             self._visits.release()
-
-    @contextmanager
-    def fresh_session(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:
-        """A session logged in just now, for the probe; it and every reply on it within
-        `seconds`.
-
-        A pooled session may have logged in an hour ago and may be stuck behind a frozen
-        server: only a new login proves that the server answers and still accepts the role
-        (a rotated password, a revoked LOGIN, a pg_hba change). It takes the visiting slot
-        when free; else a pooled connection's place (that connection is closed, the pool opens
-        another in the background); when neither frees within a quarter of the time, every
-        session is busy and the probe goes one beyond max_connections for its moment.
-        """
-        started = time.monotonic()
-        with _within(seconds), ExitStack() as slot:
-            if self._visits.acquire(blocking=False):
-                slot.callback(self._visits.release)
-            else:
-                try:
-                    with _within(seconds / 4):  # the pool's check of an idle one included
-                        pooled = self._pool.getconn(timeout=seconds / 4)
-                except PoolTimeout:
-                    pass  # every session busy: beyond the cap, briefly
-                else:
-                    pooled.close()
-                    slot.callback(self._pool.putconn, pooled)
-            left = seconds - (time.monotonic() - started)
-            # libpq takes whole seconds, at least 2.
-            options = {**self._kwargs, "connect_timeout": max(2, math.ceil(left))}
-            try:
-                conn = BoundedConnection.connect(self._target.conninfo(), **options)
-            except psycopg.errors.ConnectionTimeout:
-                raise ConnectFailed(
-                    f"no answer to a new connection within {seconds:g}s "
-                    "(connection timeout expired)"
-                ) from None
-            except psycopg.OperationalError as exc:
-                raise ConnectFailed(first_line(exc)) from None
-            conn.reply_limit = seconds  # and never past the deadline
-            with conn:
-                yield conn
 
     def stats(self) -> dict[str, int]:
         """The pool's own counters (psycopg_pool's get_stats())."""
