@@ -7,6 +7,7 @@ the same interval so they do not all hit the server in the same second.
 
 import datetime as dt
 import logging
+import queue
 import threading
 from collections.abc import Iterable
 
@@ -54,7 +55,13 @@ class Scheduler:
         self._jobs: dict[str, CollectorJob] = {}  # by job id: their status outlives a reload
         self._budgets: dict[str, Budget] = {}  # by target
         self._lock = threading.Lock()  # the jobs' intervals, changed from the jobs' threads
-        self._intervals: dict[str, float] = {}  # by job id: as scheduled now
+        self._intervals: dict[str, float] = {}  # by job id: as the budget wants it now
+        # Interval changes (job id, old, new), applied on a thread of their own: a job must not
+        # call APScheduler, whose shutdown holds its job-store lock while it waits for the jobs.
+        self._changes: queue.SimpleQueue[tuple[str, float, float] | None] = queue.SimpleQueue()
+        self._rescheduler = threading.Thread(
+            target=self._apply_changes, name="budget-rescheduler", daemon=True
+        )
         self._collectors = [c for c in collectors if c.spec.enabled]
         self._up_interval = up_interval
         self._max_age_intervals = max_age_intervals
@@ -75,6 +82,7 @@ class Scheduler:
 
     def start(self) -> None:
         self._scheduler.start()
+        self._rescheduler.start()
 
     def add_target(self, target: Target) -> None:
         """Schedule a target's jobs; the first run of each is now, not one interval from now.
@@ -169,10 +177,23 @@ class Scheduler:
                 wanted = budget.interval(other.name)
                 # Not for every small change: each one moves the job's next run.
                 if abs(wanted - scheduled) > RESCHEDULE_TOLERANCE * scheduled:
-                    self._reschedule(job_id, other, wanted)
+                    self._intervals[job_id] = wanted
+                    self._changes.put((job_id, scheduled, wanted))
             return self._intervals.get(f"{target}/{job.name}", job.collector.spec.interval)
 
-    def _reschedule(self, job_id: str, job: CollectorJob, interval: float) -> None:
+    def _apply_changes(self) -> None:
+        while (change := self._changes.get()) is not None:
+            job_id, old, new = change
+            with self._lock:
+                job = self._jobs.get(job_id)
+            if job is None:
+                continue  # removed meanwhile
+            try:
+                self._reschedule(job_id, job, old, new)
+            except Exception:  # a job removed or the scheduler stopped meanwhile
+                log.debug("interval change not applied", extra={"job": job_id}, exc_info=True)
+
+    def _reschedule(self, job_id: str, job: CollectorJob, old: float, interval: float) -> None:
         scheduled = self._scheduler.get_job(job_id)
         if scheduled is None:
             return
@@ -181,7 +202,7 @@ class Scheduler:
         now = dt.datetime.now(dt.UTC)
         start = now
         if scheduled.next_run_time is not None:
-            last = scheduled.next_run_time - dt.timedelta(seconds=self._intervals[job_id])
+            last = scheduled.next_run_time - dt.timedelta(seconds=old)
             start = max(now, last + dt.timedelta(seconds=interval))
         self._scheduler.reschedule_job(
             job_id,
@@ -190,7 +211,6 @@ class Scheduler:
             jitter=_jitter(interval),
             start_date=start,
         )
-        self._intervals[job_id] = interval
         # What it published stays until its next run, however far that moved.
         self._store.set_max_age(job.target.name, job.name, interval * self._max_age_intervals)
         log.info(
@@ -246,4 +266,5 @@ class Scheduler:
 
     def shutdown(self) -> None:
         """Stop scheduling and wait for running jobs (each is bounded by its statement timeout)."""
+        self._changes.put(None)  # the rescheduler stops; it is not waited for
         self._scheduler.shutdown(wait=True)
