@@ -15,10 +15,14 @@ from support import exporter_config, fresh_database, scrape, value, wait_for
 
 ROLE = "budget_watcher"
 TABLES = 400
-# ms of database time per minute: well above the fast collector's ~60 runs of a few ms,
-# far below what per-table statistics every 2 s would take on 400 tables.
+# ms of database time per minute: well above the fast collector's 60 runs (pg_stat_activity:
+# no statistics file to read, even before PostgreSQL 15), far below what per-table statistics
+# every 2 s would take on 400 tables.
 BUDGET_MS = 400
-WINDOW_SECONDS = 20.0
+WINDOW_SECONDS = 30.0
+# Runs are whole: a window may hold one run more or less of each stretched collector than
+# the average, so the window is allowed half its budget again.
+GRANULARITY = 1.5
 
 
 @pytest.fixture
@@ -50,12 +54,12 @@ def exec_ms(postgres: LocalPostgres) -> float:
 def test_a_tiny_budget_stretches_the_expensive_collectors_only(
     postgres: LocalPostgres, busy_database: str, run_exporter: Callable[[Config], Exporter]
 ) -> None:
-    only = {"database", "tables", "indexes", "statio"}
+    only = {"connections", "tables", "indexes", "statio"}
     collectors: dict[str, object] = {
         name: {"enabled": False} for name in builtin_specs() if name not in only
     }
     collectors |= {
-        "database": {"interval": "1s", "timeout": "1s"},
+        "connections": {"interval": "1s", "timeout": "1s"},
         **{name: {"interval": "2s", "timeout": "2s"} for name in ("tables", "indexes", "statio")},
     }
     config = exporter_config(
@@ -77,7 +81,7 @@ def test_a_tiny_budget_stretches_the_expensive_collectors_only(
         return found if (found["tables"] or 0) > 2 else None
 
     intervals = wait_for(stretched, timeout=60, what="the budget to stretch tables")
-    assert intervals["database"] == 1  # the fast collector keeps its interval
+    assert intervals["connections"] == 1  # the fast collector keeps its interval
     samples = scrape(port)
     assert value(samples, "pg_exporter_database_time_budget_ratio") == pytest.approx(
         BUDGET_MS / 1000 / 60
@@ -87,7 +91,7 @@ def test_a_tiny_budget_stretches_the_expensive_collectors_only(
     before = exec_ms(postgres)
     threading.Event().wait(WINDOW_SECONDS)  # the measurement window itself, not a wait for state
     used = exec_ms(postgres) - before
-    assert used <= BUDGET_MS * WINDOW_SECONDS / 60, (used, intervals)
+    assert used <= GRANULARITY * BUDGET_MS * WINDOW_SECONDS / 60, (used, intervals)
     # Stretched, not failing: the data is there and fresh for its interval.
     samples = scrape(port)
     assert value(samples, "pg_exporter_collector_up", collector="tables") == 1
