@@ -27,6 +27,7 @@ from exporter.exposition.store import Store
 from exporter.status import CollectorStatus, State
 from exporter.targets import ServerFacts, Target
 from exporter.targets.facts import installed_extensions
+from exporter.targets.sessions import STOPPING
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class ProbeJob:
         target = self.target
         with contextlib.suppress(ConnectFailed):  # recorded by the target, with one log line
             target.refresh()
+        if target.closing:
+            return  # stopping, or the target was removed: nothing to tell
         self._store.publish_target(target.name, target.reach, pool=target.connections.stats())
 
 
@@ -86,6 +89,8 @@ class CollectorJob:
     def __call__(self) -> None:
         started = time.monotonic()
         outcome = self._outcome()
+        if self.target.closing:
+            return  # abandoned (stopping, or the target was removed): its sessions were cut
         previous = self.status
         ok = outcome.state == State.OK
         self.status = CollectorStatus(
@@ -122,7 +127,7 @@ class CollectorJob:
         except ConnectFailed as exc:
             # Reported once by the target (pg_up, one log line), not by each of its collectors.
             outcome.state, outcome.message = State.DOWN, target.redact(str(exc))
-            if target.down_message is None:
+            if target.down_message is None and not target.closing:
                 target.mark_down(outcome.message)
         except CollectorUnavailable as exc:
             outcome.state, outcome.message, outcome.parts = State.UNAVAILABLE, exc.reason, {}
@@ -176,6 +181,8 @@ class CollectorJob:
         reasons: list[str] = []
         errors: list[str] = []
         for database in self.target.databases_for(self.collector, facts):
+            if self.target.closing:
+                raise ConnectFailed(STOPPING)  # no new visit once stopping
             try:
                 parts[database] = render(self._visit(facts, database))
             except CollectorUnavailable as exc:

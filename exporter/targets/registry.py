@@ -55,6 +55,11 @@ class Target:
             return self._down_message
 
     @property
+    def closing(self) -> bool:
+        """Closed (stopping, or removed by a reload): its jobs abandon their runs."""
+        return self.connections.closing
+
+    @property
     def reach(self) -> Reachability:
         """Whether it answered, for publishing (see Reachability.seq)."""
         with self._lock:
@@ -78,11 +83,13 @@ class Target:
                     with conn.transaction():
                         facts = probe(conn, timeout_seconds=timeout)
         except ConnectFailed as exc:
-            self.mark_down(self.redact(str(exc)))
+            if not self.closing:  # a probe cut short by a shutdown says nothing of the server
+                self.mark_down(self.redact(str(exc)))
             raise
         except psycopg.Error as exc:  # connected, but the probe's statement failed or hung
             message = self.redact(first_line(exc))
-            self.mark_down(message)
+            if not self.closing:
+                self.mark_down(message)
             raise ConnectFailed(message) from None
         with self._lock:
             self._facts = facts

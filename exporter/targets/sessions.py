@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 from psycopg.abc import PQGen
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from exporter.config import TargetConfig
 from exporter.errors import ConnectFailed, PoolBusy, first_line
 from exporter.targets.watchdog import Watchdog
 
 APPLICATION_NAME = "pg-health-exporter"
+STOPPING = "the exporter is stopping"
 # Beyond a statement's own timeout, how long a reply may take before the session is cut.
 REPLY_GRACE_SECONDS = 2.0
 
@@ -110,7 +111,7 @@ class BoundedConnection(psycopg.Connection[Any]):
         deadline: float | None = getattr(_THREAD, "deadline", None)
         if deadline is not None:
             limit = max(0.01, min(limit, deadline - time.monotonic()))
-        token = _WATCHDOG.arm(limit, self._sever)
+        token = _WATCHDOG.arm(limit, self.sever)
         try:
             return super().wait(gen, *args, **kwargs)
         except psycopg.OperationalError:
@@ -122,7 +123,8 @@ class BoundedConnection(psycopg.Connection[Any]):
         finally:
             _WATCHDOG.disarm(token)
 
-    def _sever(self) -> None:
+    def sever(self) -> None:
+        """End the session now: whatever waits on it fails at once (any thread may call it)."""
         self._severed = True
         try:
             # A duplicate of libpq's descriptor: shutting it down ends the connection for
@@ -139,6 +141,9 @@ class TargetConnections:
         self._kwargs = session_options(target)
         pool_size = target.max_connections - 1  # config guarantees at least 2
         self._visits = threading.BoundedSemaphore(1)
+        self._lock = threading.Lock()
+        self._closing = False
+        self._used: set[BoundedConnection] = set()  # sessions jobs hold now: close() cuts them
         self._pool = ConnectionPool(
             target.conninfo(),
             kwargs=self._kwargs,
@@ -169,8 +174,48 @@ class TargetConnections:
         """Start connecting in the background; never blocks start-up."""
         self._pool.open(wait=False)
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def close(self) -> None:
-        self._pool.close(timeout=5.0)
+        """Open no new session, cut those jobs are using (their waits fail at once) and close
+        the pool, without waiting for anything the server does: a frozen or unreachable server
+        must not hold up a shutdown or a reload."""
+        with self._lock:
+            self._closing = True
+            used, self._used = list(self._used), set()
+        for conn in used:
+            conn.sever()
+        # Its background workers may be stuck connecting; they are daemon threads.
+        self._pool.close(timeout=0.2)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConnectFailed(STOPPING)
+
+    def _connect(self, conninfo: str, **options: Any) -> BoundedConnection:
+        """A new session, unless closing: a job that waited (for the pool, or a connect that
+        timed out) must not open one after a shutdown began."""
+        self._check_open()
+        return BoundedConnection.connect(conninfo, **options)
+
+    @contextmanager
+    def _in_use(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Track a session while a job holds it, so that close() can cut it."""
+        assert isinstance(conn, BoundedConnection)
+        with self._lock:
+            stopped = self._closing  # while it was being opened
+            if not stopped:
+                self._used.add(conn)
+        if stopped:
+            conn.sever()
+            raise ConnectFailed(STOPPING)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._used.discard(conn)
 
     @contextmanager
     def connection(
@@ -183,23 +228,26 @@ class TargetConnections:
         """
         # A statement gets its own timeout (at most wait_seconds) to answer, and the grace.
         reply_limit = wait_seconds + self._target.connect_timeout + REPLY_GRACE_SECONDS
+        self._check_open()
         if database is None:
             try:
-                with self._pool.connection(timeout=wait_seconds) as conn:
+                with self._pool.connection(timeout=wait_seconds) as conn, self._in_use(conn):
                     conn.reply_limit = reply_limit
                     yield conn
             except PoolTimeout:
                 raise self._explain_failure(wait_seconds) from None
+            except PoolClosed:
+                raise ConnectFailed(STOPPING) from None
             return
         if not self._visits.acquire(timeout=wait_seconds):
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
         try:
             try:
-                conn = BoundedConnection.connect(self._target.conninfo(database), **self._kwargs)
+                conn = self._connect(self._target.conninfo(database), **self._kwargs)
             except psycopg.OperationalError as exc:
                 raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = reply_limit
-            with conn:
+            with conn, self._in_use(conn):
                 yield conn
         finally:
             self._visits.release()
@@ -217,6 +265,7 @@ class TargetConnections:
         session is busy and the probe goes one beyond max_connections for its moment.
         """
         started = time.monotonic()
+        self._check_open()
         with _within(seconds), ExitStack() as slot:
             if self._visits.acquire(blocking=False):
                 slot.callback(self._visits.release)
@@ -226,6 +275,8 @@ class TargetConnections:
                         pooled = self._pool.getconn(timeout=seconds / 4)
                 except PoolTimeout:
                     pass  # every session busy: beyond the cap, briefly
+                except PoolClosed:
+                    raise ConnectFailed(STOPPING) from None
                 else:
                     pooled.close()
                     slot.callback(self._pool.putconn, pooled)
@@ -233,7 +284,7 @@ class TargetConnections:
             # libpq takes whole seconds, at least 2.
             options = {**self._kwargs, "connect_timeout": max(2, math.ceil(left))}
             try:
-                conn = BoundedConnection.connect(self._target.conninfo(), **options)
+                conn = self._connect(self._target.conninfo(), **options)
             except psycopg.errors.ConnectionTimeout:
                 raise ConnectFailed(
                     f"no answer to a new connection within {seconds:g}s "
@@ -242,7 +293,7 @@ class TargetConnections:
             except psycopg.OperationalError as exc:
                 raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = seconds  # and never past the deadline
-            with conn:
+            with conn, self._in_use(conn):
                 yield conn
 
     def stats(self) -> dict[str, int]:
@@ -259,7 +310,7 @@ class TargetConnections:
         if not self._visits.acquire(blocking=False):
             return busy
         try:
-            with BoundedConnection.connect(self._target.conninfo(), **self._kwargs) as conn:
+            with self._connect(self._target.conninfo(), **self._kwargs) as conn:
                 conn.reply_limit = self._idle_limit
                 return busy
         except psycopg.Error as exc:
