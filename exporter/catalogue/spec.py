@@ -27,6 +27,15 @@ class Usage(StrEnum):
     IGNORE = "ignore"  # read but not published (e.g. a column used only for sorting)
 
 
+class StatementText(BaseModel):
+    """A label column holding SQL text: secrets masked by lexing it as PostgreSQL does,
+    whitespace collapsed, cut to `max_length` characters (collection/sqltext.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_length: int | str = Field(description="a number, or the name of one of the params")
+
+
 def _column_shorthand(value: Any) -> Any:
     # `datname: label` is shorthand for `datname: {usage: label}`.
     return {"usage": value} if isinstance(value, str) else value
@@ -56,6 +65,9 @@ class Column(BaseModel):
     )
     aliases: tuple[str, ...] = Field(
         default=(), description="names this column has in other versions (reserve_pool)"
+    )
+    statement: StatementText | None = Field(
+        default=None, description="label only: the column is SQL text (secrets masked)"
     )
 
 
@@ -135,6 +147,8 @@ class Query(BaseModel):
             for alias in spec.aliases:
                 if alias in self.metrics:
                     raise ValueError(f"metrics.{column}.aliases: {alias!r} is mapped itself")
+            if spec.statement is not None and spec.usage is not Usage.LABEL:
+                raise ValueError(f"metrics.{column}.statement: only for a label column")
             for label in spec.labels or ():
                 if self.metrics.get(label, Column(usage=Usage.IGNORE)).usage is not Usage.LABEL:
                     raise ValueError(f"metrics.{column}.labels: {label!r} is not a label column")
@@ -222,11 +236,30 @@ class CollectorSpec(BaseModel):
                 raise ValueError(
                     f"queries.{query.name}.limit.max_rows: not the name of an integer param"
                 )
+            for column, spec in query.metrics.items():
+                length = spec.statement.max_length if spec.statement is not None else 0
+                if isinstance(length, str) and not isinstance(self.params.get(length), int):
+                    raise ValueError(
+                        f"queries.{query.name}.metrics.{column}.statement.max_length: "
+                        "not the name of an integer param"
+                    )
         return self
 
     def max_rows(self, limit: Limit) -> int:
         value = limit.max_rows
         return value if isinstance(value, int) else int(self.params[value])
+
+    def statement_labels(self) -> dict[str, int]:
+        """Label name -> max length, for the label columns holding SQL text."""
+        found = {}
+        for query in self.queries:
+            for column, spec in query.metrics.items():
+                if spec.statement is not None:
+                    length = spec.statement.max_length
+                    found[spec.name or column] = (
+                        length if isinstance(length, int) else int(self.params[length])
+                    )
+        return found
 
 
 class CollectorOverride(BaseModel):

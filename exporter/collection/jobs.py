@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 
 from exporter.catalogue import Collector
 from exporter.collection.run import Selections, plan, run
+from exporter.collection.sqltext import mask_statement_labels
 from exporter.errors import (
     CollectorFailed,
     CollectorUnavailable,
@@ -162,7 +163,7 @@ class CollectorJob:
                 with conn.transaction():
                     extensions = installed_extensions(conn)
             steps = plan(collector, facts, extensions)
-            return run(
+            families = run(
                 conn,
                 collector,
                 steps,
@@ -170,6 +171,7 @@ class CollectorJob:
                 timeout_seconds=collector.spec.timeout,
                 selections=self.selections.setdefault(database or "", {}),
             )
+            return mask_statement_labels(collector.spec, families)
 
     def _visit_databases(self, facts: ServerFacts) -> dict[str, tuple[RenderedFamily, ...]]:
         """Visit each database in turn; a database where it cannot run is skipped, not an error.
