@@ -118,6 +118,12 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
         "(server version, missing extension or privilege), else 1.",
         labels=[*per_collector, "reason"],
     )
+    not_visited = GaugeMetricFamily(
+        "pg_exporter_database_not_visited",
+        "1 for each database per-database collectors cannot visit, with the reason "
+        "(CONNECT not granted to the role; a name that is not valid UTF-8).",
+        labels=["target", "datname", "reason"],
+    )
     pool: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         key: (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
             name, help_text, labels=["target"]
@@ -126,6 +132,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
     }
     for target, status in sorted(targets.items()):
         up.add_metric([target], 1 if status.up else 0)
+        for datname, reason in status.reach.not_visited:
+            not_visited.add_metric([target, datname, reason], 1)
         if status.pool:
             for key, family in pool.items():
                 scale = 0.001 if key.endswith("_ms") else 1
@@ -150,5 +158,5 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
         series,
         collector_up,
         available,
-        *(family for family in pool.values() if family.samples),
+        *(family for family in (not_visited, *pool.values()) if family.samples),
     ]

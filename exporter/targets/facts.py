@@ -19,12 +19,16 @@ SELECT current_setting('server_version_num')::int AS version_num,
        ARRAY(SELECT rolname::text FROM pg_roles
              WHERE rolname LIKE 'pg\\_%' AND pg_has_role(current_user, oid, 'USAGE')) AS roles,
        ARRAY(SELECT extname::text FROM pg_extension) AS extensions,
-       -- Databases we may visit: not templates, accepting connections, CONNECT granted to us,
-       -- and not left invalid by an interrupted DROP DATABASE (datconnlimit -2, PG 16+).
-       ARRAY(SELECT datname::text FROM pg_database
+       -- Databases to visit: not templates, accepting connections, and not left invalid by
+       -- an interrupted DROP DATABASE (datconnlimit -2, PG 16+); with whether CONNECT is
+       -- granted to us. Names as their bytes (text to bytea converts nothing): a name in
+       -- another encoding than UTF-8 cannot be given to libpq to connect with.
+       ARRAY(SELECT datname::text::bytea FROM pg_database
              WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
-               AND has_database_privilege(oid, 'CONNECT')
-             ORDER BY datname) AS databases
+             ORDER BY datname) AS databases,
+       ARRAY(SELECT has_database_privilege(oid, 'CONNECT') FROM pg_database
+             WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
+             ORDER BY datname) AS connect
 """
 
 
@@ -38,7 +42,10 @@ class ServerFacts:
     superuser: bool
     roles: frozenset[str]
     extensions: frozenset[str]  # installed in `database`
-    databases: tuple[str, ...]  # every database that accepts connections
+    databases: tuple[str, ...]  # every database the role can visit
+    # Databases it cannot, with why (CONNECT revoked, a name that is not UTF-8); a name that
+    # is not UTF-8 has its other bytes as \xNN.
+    not_visited: tuple[tuple[str, str], ...] = ()
 
     def has_role(self, role: str) -> bool:
         return self.superuser or role in self.roles
@@ -49,7 +56,8 @@ def probe(conn: psycopg.Connection[tuple[object, ...]], *, timeout_seconds: floa
     set_statement_timeout(conn, timeout_seconds)
     row = conn.execute(_PROBE_SQL).fetchone()
     assert row is not None  # a SELECT without FROM always returns one row
-    version_num, version, in_recovery, database, preload, superuser, roles, ext, dbs = row
+    version_num, version, in_recovery, database, preload, superuser, roles, ext, dbs, grants = row
+    visitable, not_visited = _visitable(dbs, grants)
     return ServerFacts(
         version_num=int(str(version_num)),
         version=str(version),
@@ -59,7 +67,8 @@ def probe(conn: psycopg.Connection[tuple[object, ...]], *, timeout_seconds: floa
         superuser=bool(superuser),
         roles=frozenset(_as_strings(roles)),
         extensions=frozenset(_as_strings(ext)),
-        databases=tuple(_as_strings(dbs)),
+        databases=visitable,
+        not_visited=not_visited,
     )
 
 
@@ -89,6 +98,27 @@ def installed_extensions(conn: psycopg.Connection[tuple[object, ...]]) -> frozen
 
 def _split_list(setting: str) -> frozenset[str]:
     return frozenset(part.strip().strip('"') for part in setting.split(",") if part.strip())
+
+
+def _visitable(
+    names: object, grants: object
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    visitable: list[str] = []
+    refused: list[tuple[str, str]] = []
+    if not isinstance(names, list) or not isinstance(grants, list):
+        return (), ()
+    for raw, granted in zip(names, grants, strict=True):
+        name = bytes(raw).decode("utf-8", "backslashreplace")
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            refused.append((name, "its name is not valid UTF-8"))
+            continue
+        if not granted:
+            refused.append((name, "CONNECT is not granted to the role"))
+        else:
+            visitable.append(name)
+    return tuple(visitable), tuple(refused)
 
 
 def _as_strings(value: object) -> list[str]:

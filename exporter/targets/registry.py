@@ -116,7 +116,14 @@ class Target:
     def mark_up(self, facts: ServerFacts) -> None:
         with self._lock:
             was_down, self._down_message = self._down_message, None
-            self._reach = Reachability(up=True, server_version=facts.version, seq=next(_SEQ))
+            self._reach = Reachability(
+                up=True,
+                server_version=facts.version,
+                seq=next(_SEQ),
+                not_visited=tuple(
+                    (db, why) for db, why in facts.not_visited if self.config.databases.allows(db)
+                ),
+            )
         if was_down is not None:
             log.info("target is up", extra={"target": self.name, "version": facts.version})
 

@@ -2,8 +2,17 @@
 
 Every session is read-only and identifies itself, with a short lock_timeout so the exporter never
 queues behind DDL, and idle_in_transaction_session_timeout so a stuck exporter cannot hold a
-snapshot. The total number of connections to a target never exceeds its `max_connections`:
-the pool gets all but one of them, visits to other databases share the last one.
+snapshot. Every session reads text as UTF-8 whatever the database's encoding: the server
+converts from LATIN1, EUC_JP and the others (client_encoding UTF8). A SQL_ASCII database's
+bytes are what they are: with client_encoding UTF8 the server would fail a whole statement on
+one byte that is not UTF-8, so there the session asks for SQL_ASCII (nothing converted,
+nothing checked). And shared catalogues (pg_database) hold names in the encoding of whichever
+database created them, so bytes that are not UTF-8 can come from any database. Those are read as
+`\\xNN` escapes (Python's backslashreplace: lossless for every byte, though a name holding a
+literal `\\xNN` reads the same), never as an error and never as bytes.
+
+The total number of connections to a target never exceeds its `max_connections`: the pool
+gets all but one of them, visits to other databases share the last one.
 """
 
 import math
@@ -17,7 +26,9 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.abc import PQGen
+from psycopg.abc import Buffer, PQGen
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from exporter.config import TargetConfig
@@ -71,6 +82,7 @@ def session_options(target: TargetConfig) -> dict[str, Any]:
     theirs = target.dsn_params.get("options")
     return {
         "application_name": APPLICATION_NAME,
+        "client_encoding": "UTF8",  # see the module's doc
         "connect_timeout": max(1, round(target.connect_timeout)),
         "options": f"{theirs} {ours}" if theirs else ours,
         "autocommit": False,
@@ -93,6 +105,22 @@ def _dead_peer_detection(target: TargetConfig) -> dict[str, Any]:
     }
 
 
+class _Utf8Text(Loader):
+    """Text as UTF-8, bytes that are not as `\\xNN` (see the module's doc)."""
+
+    def load(self, data: Buffer) -> str:
+        return str(data, "utf-8", "backslashreplace")
+
+
+class _Utf8BinaryText(_Utf8Text):
+    format = Format.BINARY
+
+
+# Every type psycopg reads as str; the unknown oid (0) stands for every type it has no loader
+# for (regclass, regrole, an extension's...), which it reads as text.
+_TEXT_TYPES = ("text", "varchar", "bpchar", "name", '"char"')
+
+
 class BoundedConnection(psycopg.Connection[Any]):
     """A session whose every wait for the server ends within `reply_limit` seconds.
 
@@ -105,6 +133,13 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     reply_limit: float = 30.0  # seconds; set per use by TargetConnections.connection()
     _severed: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in _TEXT_TYPES:
+            self.adapters.register_loader(name, _Utf8Text)
+            self.adapters.register_loader(name, _Utf8BinaryText)
+        self.adapters.register_loader(0, _Utf8Text)
 
     def wait(self, gen: PQGen[_Result], *args: Any, **kwargs: Any) -> _Result:
         limit = self.reply_limit
@@ -160,12 +195,17 @@ class TargetConnections:
             timeout=target.connect_timeout,
             num_workers=1,
             connection_class=BoundedConnection,
-            configure=self._between_uses,
+            configure=self._configure,
             reset=self._between_uses,
         )
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
         self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
+
+    def _configure(self, conn: BoundedConnection) -> None:
+        conn.reply_limit = self._idle_limit
+        if self._target.type == "postgres":
+            _raw_bytes_from_sql_ascii(conn)
 
     def _between_uses(self, conn: BoundedConnection) -> None:
         conn.reply_limit = self._idle_limit
@@ -198,7 +238,15 @@ class TargetConnections:
         """A new session, unless closing: a job that waited (for the pool, or a connect that
         timed out) must not open one after a shutdown began."""
         self._check_open()
-        return BoundedConnection.connect(conninfo, **options)
+        conn = BoundedConnection.connect(conninfo, **options)
+        if self._target.type == "postgres":
+            conn.reply_limit = self._idle_limit
+            try:
+                _raw_bytes_from_sql_ascii(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     @contextmanager
     def _in_use(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
@@ -317,6 +365,14 @@ class TargetConnections:
             return ConnectFailed(first_line(exc))
         finally:
             self._visits.release()
+
+
+def _raw_bytes_from_sql_ascii(conn: psycopg.Connection[Any]) -> None:
+    """In a SQL_ASCII database, client_encoding SQL_ASCII: see the module's doc."""
+    if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+        conn.execute("SET client_encoding TO 'SQL_ASCII'")
+        if not conn.autocommit:
+            conn.commit()
 
 
 def _check_console(conn: psycopg.Connection[Any]) -> None:
