@@ -6,7 +6,7 @@ pg_up at 1 while every new connection is refused.
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -16,6 +16,7 @@ from exporter.app import Exporter
 from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
 from support import exporter_config, scrape, value, wait_for
+from support.auth import password_role
 
 RunExporter = Callable[[Config], Exporter]
 ROLE = "login_probe"
@@ -26,26 +27,10 @@ SLACK = 1.5  # scheduling on a shared machine, the scrape's own polling, the pro
 
 
 @pytest.fixture
-def scram_postgres(private_postgres: LocalPostgres) -> Iterator[LocalPostgres]:
+def scram_postgres(private_postgres: LocalPostgres) -> LocalPostgres:
     """The private server, asking ROLE for its password over TCP (others keep trust)."""
-    with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
-        conn.execute("SET password_encryption = 'scram-sha-256'")
-        conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE pg_monitor PASSWORD '{PASSWORD}'")
-    hba = private_postgres.datadir / "pg_hba.conf"
-    hba.write_text(f"host all {ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-    with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
-        conn.execute("SELECT pg_reload_conf()")
-    wrong = f"host=127.0.0.1 port={private_postgres.port} dbname=postgres user={ROLE} password=no"
-    wait_for(lambda: refused(wrong), what="password authentication in force")
-    yield private_postgres
-
-
-def refused(dsn: str) -> bool:
-    try:
-        psycopg.connect(dsn, connect_timeout=5).close()
-    except psycopg.OperationalError:
-        return True
-    return False
+    password_role(private_postgres, ROLE, PASSWORD)
+    return private_postgres
 
 
 def as_superuser(server: LocalPostgres, statement: str) -> None:
