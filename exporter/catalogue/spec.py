@@ -254,16 +254,18 @@ class CollectorSpec(BaseModel):
         value = limit.max_rows
         return value if isinstance(value, int) else int(self.params[value])
 
-    def statement_labels(self) -> dict[str, int]:
-        """Label name -> max length, for the label columns holding SQL text."""
+    def statement_columns(self) -> dict[str, int]:
+        """Result column name (other versions' names too) -> max length, for the label
+        columns holding SQL text."""
         found = {}
         for query in self.queries:
             for column, spec in query.metrics.items():
                 if spec.statement is not None:
                     length = spec.statement.max_length
-                    found[spec.name or column] = (
-                        length if isinstance(length, int) else int(self.params[length])
-                    )
+                    for name in (column, *spec.aliases):
+                        found[name] = (
+                            length if isinstance(length, int) else int(self.params[length])
+                        )
         return found
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import psycopg
 from prometheus_client.core import Metric
+from psycopg.rows import tuple_row
 
 from exporter.catalogue import Collector
 from exporter.collection.run import Selections, plan, run
-from exporter.collection.sqltext import mask_statement_labels
+from exporter.collection.sqltext import statement_rows
 from exporter.errors import (
     CollectorFailed,
     CollectorUnavailable,
@@ -163,15 +164,20 @@ class CollectorJob:
                 with conn.transaction():
                     extensions = installed_extensions(conn)
             steps = plan(collector, facts, extensions)
-            families = run(
-                conn,
-                collector,
-                steps,
-                labels=labels,
-                timeout_seconds=collector.spec.timeout,
-                selections=self.selections.setdefault(database or "", {}),
-            )
-            return mask_statement_labels(collector.spec, families)
+            texts = statement_rows(collector.spec)  # SQL text columns masked as rows are read
+            if texts is not None:
+                conn.row_factory = texts
+            try:
+                return run(
+                    conn,
+                    collector,
+                    steps,
+                    labels=labels,
+                    timeout_seconds=collector.spec.timeout,
+                    selections=self.selections.setdefault(database or "", {}),
+                )
+            finally:
+                conn.row_factory = tuple_row  # a pooled session goes on to other collectors
 
     def _visit_databases(self, facts: ServerFacts) -> dict[str, tuple[RenderedFamily, ...]]:
         """Visit each database in turn; a database where it cannot run is skipped, not an error.

@@ -16,9 +16,12 @@ comments that mention a password. Each becomes '****'.
 """
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client.core import Metric
+from psycopg import Cursor
+from psycopg.rows import RowFactory, RowMaker
 
 from exporter.catalogue import CollectorSpec
 
@@ -226,19 +229,25 @@ def statement_label(text: str, max_length: int) -> str:
     return _COLLAPSE.sub(" ", mask_secrets(text)).strip()[:max_length]
 
 
-def mask_statement_labels(spec: CollectorSpec, families: list[Metric]) -> list[Metric]:
-    """The families with each SQL text label (a column with `statement:`) made fit."""
-    lengths = spec.statement_labels()
+def statement_rows(spec: CollectorSpec) -> RowFactory[tuple[Any, ...]] | None:
+    """A psycopg row factory that makes each SQL text column (`statement:`) fit for a label
+    as rows are read, or None when the collector has none. Rows are changed before anything
+    else sees them (row caps, labels), whatever turns them into series."""
+    lengths = spec.statement_columns()
     if not lengths:
-        return families
-    for family in families:
-        family.samples = [
-            sample._replace(
-                labels={
-                    name: statement_label(value, lengths[name]) if name in lengths else value
-                    for name, value in sample.labels.items()
-                }
-            )
-            for sample in family.samples
-        ]
-    return families
+        return None
+
+    def factory(cursor: Cursor[Any]) -> RowMaker[tuple[Any, ...]]:
+        names = [column.name for column in cursor.description or ()]
+        texts = [(i, lengths[name]) for i, name in enumerate(names) if name in lengths]
+
+        def make(values: Sequence[Any]) -> tuple[Any, ...]:
+            row = list(values)
+            for i, length in texts:
+                if isinstance(row[i], str):
+                    row[i] = statement_label(row[i], length)
+            return tuple(row)
+
+        return make
+
+    return factory
