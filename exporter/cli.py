@@ -11,6 +11,7 @@ pg-health-exporter demo [--web.listen-address HOST:PORT] [--data-dir DIR]
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from exporter.errors import ConfigError
 from exporter.logs import setup
 from exporter.secretfiles import exposed_secret_files
 from exporter.signals import wait_for_signal
-from exporter.units import parse_listen_address
+from exporter.units import check_listen_address
 from exporter.web.config import OPEN, WebSecurity, load_web_config
 
 EXIT_OK = 0
@@ -40,7 +41,12 @@ log = logging.getLogger("exporter")
 
 def _parser(command: str) -> argparse.ArgumentParser:
     prog = "pg-health-exporter" + ("" if command == "run" else f" {command}")
-    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTIONS[command])
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=textwrap.fill(_DESCRIPTIONS[command] + _subcommand_names(command), width=90),
+        epilog=_subcommands() if command == "run" else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if command != "demo":
         parser.add_argument(
             "--config",
@@ -95,13 +101,31 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 _DESCRIPTIONS = {
     "run": "Prometheus exporter for PostgreSQL health: collects in the background, serves "
-    "/metrics from memory. Subcommands: check-config, once, demo.",
+    "/metrics from memory.",
     "check-config": "Validate the configuration without connecting; exit 2 on any problem.",
     "once": "Run every collector once against every target and print the exposition.",
     "demo": "Start an embedded PostgreSQL and serve the exporter against it.",
     "report": "Collect once from every target and judge the result against documented "
     "thresholds; exit 1 when any finding is critical (docs/report.md).",
 }
+
+
+def _subcommand_names(command: str) -> str:
+    if command != "run":
+        return ""
+    names = ", ".join(name for name in _COMMANDS if name != "run")
+    return f" Subcommands: {names}, described at the end."
+
+
+def _subcommands() -> str:
+    """The subcommands, each with its description, for the daemon's --help."""
+    width = max(len(name) for name in _COMMANDS)
+    lines = [
+        f"  {name:<{width}}  {_DESCRIPTIONS[name].split(';')[0].split(': ')[0].rstrip('.')}"
+        for name in _COMMANDS
+        if name != "run"
+    ]
+    return "subcommands (pg-health-exporter SUBCOMMAND --help for each):\n" + "\n".join(lines)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -148,13 +172,20 @@ def _secrets(config: Config) -> list[str]:
     return [secret for target in config.targets for secret in target.secrets()]
 
 
+def _check_listen(address: str, source: str) -> None:
+    try:
+        check_listen_address(address)
+    except ValueError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+
+
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args)
+    # The address first: a busy port fails at once, before the targets are even read.
     if args.listen_address:
-        try:
-            parse_listen_address(args.listen_address)
-        except ValueError as exc:
-            raise ConfigError([f"--web.listen-address: {exc}"]) from None
+        _check_listen(args.listen_address, "--web.listen-address")
+    config = _load(args)
+    if not args.listen_address:
+        _check_listen(config.listen_address, "listen_address")
     web = _web(args)
     setup(args.log_level, args.log_format, _secrets(config))
     _warn_exposed(config, args.config)
@@ -196,27 +227,27 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    # Imported here: the daemon never loads the report's modules.
-    from exporter.report.build import run_report  # noqa: PLC0415
-    from exporter.report.format import use_colour  # noqa: PLC0415
+    # Imported here: the daemon never loads the report's formatting.
+    from exporter.report.build import build_report  # noqa: PLC0415
+    from exporter.report.format import format_report, use_colour  # noqa: PLC0415
 
     config = _load(args)
     setup(args.log_level, args.log_format, _secrets(config))
-    return run_report(
-        config,
-        target=args.target,
-        output_format=args.format,
-        stream=sys.stdout,
-        colour=use_colour(sys.stdout),
-    )
+    report = build_report(config, target=args.target)
+    sys.stdout.write(format_report(report, args.format, colour=use_colour(sys.stdout)))
+    sys.stdout.flush()
+    return report.exit_code
 
 
 def _demo(args: argparse.Namespace) -> int:
     # Imported here: the daemon never loads the demo, its workload or embedded PostgreSQL.
     from exporter.demo.demo import run_demo  # noqa: PLC0415
 
+    listen_address = args.listen_address or "127.0.0.1:9188"
+    # Before the embedded server and the demo's database are built.
+    _check_listen(listen_address, "--web.listen-address")
     setup(args.log_level, args.log_format)
-    return run_demo(listen_address=args.listen_address or "127.0.0.1:9188", data_dir=args.data_dir)
+    return run_demo(listen_address=listen_address, data_dir=args.data_dir)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -235,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[command](args)
     except ConfigError as exc:
+        if len(exc.problems) == 1:  # one problem, one line
+            print(f"configuration error: {exc.problems[0]}", file=sys.stderr)
+            return EXIT_CONFIG
         print("configuration error:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)

@@ -26,14 +26,18 @@ from pydantic import (
 from exporter.catalogue import Collector, resolve
 from exporter.catalogue.spec import MIN_INTERVAL
 from exporter.errors import ConfigError, validation_problems
-from exporter.units import Duration, parse_listen_address
+from exporter.units import Budget, Duration, parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = ":9188"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class DatabaseFilter(BaseModel):
-    """Which databases per-database collectors visit (regular expressions, whole-name match)."""
+    """Which databases per-database collectors visit (regular expressions, whole-name match).
+
+    A database name may hold any character, a newline included: `.` matches it too (DOTALL),
+    so the default `.*` visits every database, whatever its name.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,8 +55,8 @@ class DatabaseFilter(BaseModel):
         return patterns
 
     def allows(self, datname: str) -> bool:
-        return any(re.fullmatch(p, datname) for p in self.include) and not any(
-            re.fullmatch(p, datname) for p in self.exclude
+        return any(re.fullmatch(p, datname, re.DOTALL) for p in self.include) and not any(
+            re.fullmatch(p, datname, re.DOTALL) for p in self.exclude
         )
 
 
@@ -69,6 +73,8 @@ class TargetConfig(BaseModel):
     connect_timeout: Duration = 5.0
     lock_timeout: Duration = 1.0
     idle_in_transaction_timeout: Duration = 60.0
+    # Database time the collectors may use on this server, per second (README: the budget).
+    database_time_budget: Budget = 0.005
     databases: DatabaseFilter = DatabaseFilter()
     # Usually `${ENV_VAR}`; or read from password_file at load time. Never printed.
     password: SecretStr | None = None
@@ -198,9 +204,9 @@ def _read_password_files(config: Config, problems: list[str]) -> Config:
             continue
         try:
             secret = target.password_file.read_text().rstrip("\r\n")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             problems.append(
-                f"targets.{index}.password_file: cannot read {target.password_file}: {exc.strerror}"
+                f"targets.{index}.password_file: cannot read {target.password_file}: {_why(exc)}"
             )
             targets.append(target)
         else:
@@ -220,7 +226,7 @@ def parse_config(raw: Any) -> Config:
     try:
         config = _read_password_files(Config.model_validate(raw), problems)
     except ValidationError as exc:
-        problems.extend(validation_problems(exc))
+        problems.extend(validation_problems(exc, model=Config))
     raw_collectors = raw.get("collectors")
     collectors, collector_problems = resolve(
         raw_collectors if isinstance(raw_collectors, dict) else {}
@@ -235,14 +241,20 @@ def read_yaml(path: Path) -> Any:
     """A YAML file's document; ConfigError (with the line) when unreadable or not YAML."""
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {_why(exc)}"]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+
+
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start + 1})"
+    return exc.strerror or str(exc)
 
 
 def load_config(path: Path) -> Config:

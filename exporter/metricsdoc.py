@@ -129,8 +129,11 @@ def _self_section() -> list[str]:
     example = {
         "<target>": TargetStatus(
             reach=Reachability(up=True, not_visited=(("<datname>", "<reason>"),)),
-            collectors={"<collector>": CollectorStatus(state=State.OK, last_success=0.0)},
+            collectors={
+                "<collector>": CollectorStatus(state=State.OK, last_success=0.0, interval=60.0)
+            },
             pool={key: 0 for key in POOL_STATS},
+            budget=0.005,
         )
     }
     lines = [

@@ -28,6 +28,8 @@ class CollectorStatus:
     errors_total: int = 0
     series: int = 0
     message: str = ""  # the error or the reason it is unavailable
+    interval: float = 0.0  # seconds between runs now: as configured, or stretched by the budget
+    database_seconds_total: float = 0.0  # how long its statements kept the server busy, in all
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class TargetStatus:
     reach: Reachability = Reachability()
     collectors: dict[str, CollectorStatus] = field(default_factory=dict)
     pool: dict[str, int] = field(default_factory=dict)  # psycopg_pool's get_stats()
+    budget: float | None = None  # database time per second the collectors may use
 
     @property
     def up(self) -> bool:

@@ -2,6 +2,7 @@
 
 The helpers the tiers share are in the support package (tests/support)."""
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,7 +12,14 @@ import pytest
 from exporter.app import Exporter
 from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
-from support import fresh_database
+from support import REPO, fresh_database
+
+# The programs the tests drive (promtool, prometheus, amtool, pgbouncer...) are found in the
+# checkout's .cache/tools first, where `make test` unpacks them (.ci/install-tools.sh) and puts
+# them first on PATH; a bare pytest looks there first too.
+TOOLS_BIN = REPO / ".cache" / "tools" / "bin"
+if str(TOOLS_BIN) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join(filter(None, (str(TOOLS_BIN), os.environ.get("PATH"))))
 
 
 def _start(**kwargs: Any) -> LocalPostgres:

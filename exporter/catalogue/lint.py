@@ -1,13 +1,14 @@
 """What can be told wrong about a collector without a server to run it on.
 
-Metric and label names, SQL mistakes (empty, unknown params, a bare `%`) and names that one
-collector would publish over another's: each found here exits with code 2 at start-up instead
-of failing every interval.
+Metric and label names, SQL mistakes (empty, unknown params, a bare `%`), names that one
+collector would publish over another's, and mappings that would publish identical series (a
+label name used twice, or the exporter's own): each found here exits with code 2 at start-up
+instead of failing every interval or breaking the exposition.
 """
 
 import re
 
-from exporter.catalogue.spec import Collector, Usage
+from exporter.catalogue.spec import Collector, Query, Usage
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
@@ -19,11 +20,10 @@ def check_metric_names(collector: Collector) -> list[str]:
         problems.append("target_type: pgbouncer collectors are named pgbouncer_<something>")
     owners: dict[str, str] = {}
     for query in collector.spec.queries:
+        problems.extend(_label_problems(collector, query))
         for column, spec in query.metrics.items():
             where = f"queries.{query.name}.metrics.{column}"
             if spec.usage is Usage.LABEL:
-                if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", spec.name or column):
-                    problems.append(f"{where}: not a valid label name")
                 continue
             if spec.usage is Usage.IGNORE:
                 continue
@@ -41,6 +41,40 @@ def check_metric_names(collector: Collector) -> list[str]:
             if family in owners:
                 problems.append(f"{where}: {name!r} is already published by {owners[family]}")
             owners[family] = f"queries.{query.name}.metrics.{column}"
+    return problems
+
+
+def _label_problems(collector: Collector, query: Query) -> list[str]:
+    """Label names Prometheus would refuse, and mappings whose rows would be identical series."""
+    problems = []
+    published: dict[str, str] = {}  # label name -> the column publishing it
+    aliased: dict[str, str] = {}  # another version's column name -> the column it stands for
+    for column, spec in query.metrics.items():
+        where = f"queries.{query.name}.metrics.{column}"
+        for alias in spec.aliases:
+            if alias in aliased:
+                problems.append(
+                    f"{where}.aliases: {alias!r} also stands for metrics.{aliased[alias]}"
+                )
+            aliased.setdefault(alias, column)
+        if spec.usage is not Usage.LABEL:
+            continue
+        label = spec.name or column
+        if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", label):
+            problems.append(f"{where}: not a valid label name")
+        elif label.startswith("__"):
+            problems.append(f"{where}: label names beginning with __ are reserved by Prometheus")
+        elif label == "datname" and collector.spec.scope == "database":
+            problems.append(
+                f"{where}: label name 'datname' is the exporter's own in a collector with "
+                "scope: database (it names the database visited)"
+            )
+        if label in published:
+            problems.append(
+                f"{where}: publishes the label {label!r} as metrics.{published[label]} does: "
+                "rows differing only in these columns would be identical series"
+            )
+        published.setdefault(label, column)
     return problems
 
 

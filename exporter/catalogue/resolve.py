@@ -5,6 +5,7 @@ names, its SQL, and names clashing between collectors. Every problem comes back 
 `collectors.NAME.path: message`.
 """
 
+import difflib
 import functools
 import re
 from importlib import resources
@@ -16,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from exporter.catalogue.lint import check_metric_names, name_clashes, sql_problems
 from exporter.catalogue.spec import NAME_PATTERN, Collector, CollectorOverride, CollectorSpec
 from exporter.errors import validation_problems
+from exporter.units import SECONDS_ALLOWED
 
 
 def builtin_specs() -> dict[str, CollectorSpec]:
@@ -42,7 +44,20 @@ def apply_override(spec: CollectorSpec, override: CollectorOverride) -> Collecto
     if unknown:
         raise ValueError(f"params: no such param(s): {', '.join(unknown)}")
     changes["params"] = {**spec.params, **changes.get("params", {})}
-    return CollectorSpec.model_validate({**spec.model_dump(), **changes})
+    # The dump holds float seconds, validated once already.
+    return CollectorSpec.model_validate({**spec.model_dump(), **changes}, context=SECONDS_ALLOWED)
+
+
+def _looks_like_override(body: Any) -> bool:
+    """A body that changes a collector (interval, enabled...) rather than defining one."""
+    return body is None or (isinstance(body, dict) and not {"help", "queries"} & set(body))
+
+
+def _not_builtin(name: str, builtins: dict[str, CollectorSpec]) -> str:
+    close = difflib.get_close_matches(name, builtins, n=1, cutoff=0.6)
+    if close:
+        return f"no built-in collector named {name} (did you mean {close[0]}?)"
+    return f"no built-in collector named {name}; a custom collector needs `help` and `queries`"
 
 
 def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
@@ -57,7 +72,7 @@ def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
                 spec = apply_override(spec, override)  # noqa: PLW2901 (the overridden spec)
             collectors.append(Collector(name=name, spec=spec, builtin=True))
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, f"collectors.{name}."))
+            problems.extend(validation_problems(exc, f"collectors.{name}.", CollectorOverride))
         except ValueError as exc:
             problems.append(f"collectors.{name}.{exc}")
     for name, body in raw.items():
@@ -66,10 +81,13 @@ def resolve(raw: dict[str, Any]) -> tuple[list[Collector], list[str]]:
         if not re.match(NAME_PATTERN, name):
             problems.append(f"collectors.{name}: names are lower_snake_case")
             continue
+        if _looks_like_override(body):
+            problems.append(f"collectors.{name}: {_not_builtin(name, builtins)}")
+            continue
         try:
             spec = TypeAdapter(CollectorSpec).validate_python(body)
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, f"collectors.{name}."))
+            problems.extend(validation_problems(exc, f"collectors.{name}.", CollectorSpec))
             continue
         collectors.append(Collector(name=name, spec=spec, builtin=False))
     for collector in collectors:

@@ -108,6 +108,11 @@ class Limit(BaseModel):
     Kept: every row where `keep_when` is true (the objects a health check flags), the top
     `max_rows` by each `rank_by` column, and with `sticky`, rows selected last time that are
     still within twice `max_rows` by any rank, so series do not churn at the boundary.
+
+    With `ranked`, the SQL has done the ranking itself: each `rank_by` column holds the row's
+    rank among all objects (1 = first), and the query returns only the rows the cap can keep
+    (flagged, or within twice `max_rows` by some rank). Then only those rows cross the wire,
+    and costly columns (sizes) can be computed for them alone.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -116,6 +121,7 @@ class Limit(BaseModel):
     rank_by: tuple[str, ...] = Field(min_length=1)
     keep_when: str | None = None
     sticky: bool = True
+    ranked: bool = Field(default=False, description="rank_by columns hold ranks from the SQL")
 
 
 class Query(BaseModel):
@@ -130,6 +136,9 @@ class Query(BaseModel):
     branches: tuple[Branch, ...] = ()
     metrics: dict[str, ColumnSpec]
     limit: Limit | None = None
+    # For a figure that cannot change fast but is costly to read (a sum of every relation's
+    # size): run this query at most this often, publishing its last result in between.
+    interval: Duration | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> "Query":

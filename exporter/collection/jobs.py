@@ -2,20 +2,21 @@
 
 A job computes everything first (rendered parts, the collector's new status, what it found out
 about the target) and then publishes it to the store in one call. A collector job keeps its own
-previous status and its capped queries' sticky choices, since only it reads them.
+previous status and what its queries remember (sticky choices, slower queries' results),
+since only it reads them.
 """
 
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
-from prometheus_client.core import Metric
 from psycopg.rows import tuple_row
 
 from exporter.catalogue import Collector
-from exporter.collection.run import Selections, plan, run
+from exporter.collection.run import QueryMemory, plan, run
 from exporter.collection.sqltext import statement_rows
 from exporter.errors import (
     CollectorFailed,
@@ -24,7 +25,7 @@ from exporter.errors import (
     PoolBusy,
     first_line,
 )
-from exporter.exposition.render import RenderedFamily, render
+from exporter.exposition.render import RenderedFamily, merge_families
 from exporter.exposition.store import Store
 from exporter.status import CollectorStatus, State
 from exporter.targets import ServerFacts, Target
@@ -55,15 +56,20 @@ class ProbeJob:
             target.refresh()
         if target.closing:
             return  # stopping, or the target was removed: nothing to tell
-        self._store.publish_target(target.name, target.reach, pool=target.connections.stats())
+        self._store.publish_target(
+            target.name,
+            target.reach,
+            pool=target.connections.stats(),
+            budget=target.config.database_time_budget,
+        )
 
 
 class _PartlyFailed(CollectorFailed):
-    """Some databases failed; the others' parts are still to be published."""
+    """Some databases failed; the others' families are still to be published."""
 
-    def __init__(self, message: str, parts: dict[str, tuple[RenderedFamily, ...]]) -> None:
+    def __init__(self, message: str, families: tuple[RenderedFamily, ...]) -> None:
         super().__init__(message)
-        self.parts = parts
+        self.families = families
 
 
 @dataclass
@@ -72,8 +78,12 @@ class _Outcome:
 
     state: State = State.OK
     message: str = ""
-    parts: dict[str, tuple[RenderedFamily, ...]] | None = None
+    families: tuple[RenderedFamily, ...] | None = None  # of every database visited
     series: int = 0
+
+
+# Told how long a run kept the server busy; returns the collector's interval from now on.
+CostListener = Callable[["CollectorJob", float], float]
 
 
 @dataclass
@@ -83,18 +93,29 @@ class CollectorJob:
     target: Target
     collector: Collector
     store: Store
-    max_age: float
+    max_age_intervals: float  # data is left out of /metrics after this many intervals
     status: CollectorStatus = field(default_factory=CollectorStatus)  # the previous run's
-    # What the capped queries chose last time, by database (see rowcap.py).
-    selections: dict[str, Selections] = field(default_factory=dict)
+    # What the queries remember between runs, by database (see run.QueryMemory).
+    memory: dict[str, QueryMemory] = field(default_factory=dict)
+    # The scheduler's budget: it may stretch the interval after an expensive run.
+    on_cost: CostListener | None = None
+    _busy: float = 0.0  # this run's database time so far
+
+    @property
+    def name(self) -> str:
+        return self.collector.name
 
     def __call__(self) -> None:
         started = time.monotonic()
+        self._busy = 0.0
         outcome = self._outcome()
         if self.target.closing:
             return  # abandoned (stopping, or the target was removed): its sessions were cut
         previous = self.status
         ok = outcome.state == State.OK
+        interval = self.collector.spec.interval
+        if self.on_cost is not None:
+            interval = self.on_cost(self, self._busy)
         self.status = CollectorStatus(
             state=outcome.state,
             last_success=time.time() if ok else previous.last_success,
@@ -102,13 +123,15 @@ class CollectorJob:
             errors_total=previous.errors_total + (outcome.state == State.ERROR),
             series=outcome.series if ok else previous.series,
             message=outcome.message,
+            interval=interval,
+            database_seconds_total=previous.database_seconds_total + self._busy,
         )
         self.store.publish(
             self.target.name,
             self.collector.name,
-            outcome.parts,
+            outcome.families,
             self.status,
-            max_age=self.max_age,
+            max_age=interval * self.max_age_intervals,
             reach=self.target.reach,
         )
         _log_transition(self.target.name, self.collector.name, previous, self.status)
@@ -122,23 +145,23 @@ class CollectorJob:
                 raise ConnectFailed(f"target is down: {target.down_message}")
             facts = target.current_facts()
             if collector.spec.scope == "server":
-                outcome.parts = {"": render(self._visit(facts, None))}
+                outcome.families = self._visit(facts, None)
             else:
-                outcome.parts = self._visit_databases(facts)
-            outcome.series = sum(f.series for part in outcome.parts.values() for f in part)
+                outcome.families = self._visit_databases(facts)
+            outcome.series = sum(f.series for f in outcome.families)
         except ConnectFailed as exc:
             # Reported once by the target (pg_up, one log line), not by each of its collectors.
             outcome.state, outcome.message = State.DOWN, target.redact(str(exc))
             if target.down_message is None and not target.closing:
                 target.mark_down(outcome.message)
         except CollectorUnavailable as exc:
-            outcome.state, outcome.message, outcome.parts = State.UNAVAILABLE, exc.reason, {}
+            outcome.state, outcome.message, outcome.families = State.UNAVAILABLE, exc.reason, ()
         except _UNAVAILABLE_ERRORS as exc:
-            outcome.state, outcome.parts = State.UNAVAILABLE, {}
+            outcome.state, outcome.families = State.UNAVAILABLE, ()
             outcome.message = target.redact(first_line(exc))
         except _PartlyFailed as exc:
             outcome.state, outcome.message = State.ERROR, target.redact(first_line(exc))
-            outcome.parts = exc.parts
+            outcome.families = exc.families
         except (psycopg.Error, CollectorFailed, PoolBusy) as exc:
             outcome.state, outcome.message = State.ERROR, target.redact(first_line(exc))
         except Exception as exc:  # a defect (ours or a custom collector's) must still be reported
@@ -149,7 +172,7 @@ class CollectorJob:
             outcome.message = target.redact(f"{type(exc).__name__}: {first_line(exc)}")
         return outcome
 
-    def _visit(self, facts: ServerFacts, database: str | None) -> list[Metric]:
+    def _visit(self, facts: ServerFacts, database: str | None) -> tuple[RenderedFamily, ...]:
         """Run the collector in one database (None: the target's own) and return its families."""
         target, collector = self.target, self.collector
         own = database is None or database == facts.database
@@ -168,22 +191,25 @@ class CollectorJob:
             if texts is not None:
                 conn.row_factory = texts
             try:
-                return run(
+                ran = run(
                     conn,
                     collector,
                     steps,
                     labels=labels,
                     timeout_seconds=collector.spec.timeout,
-                    selections=self.selections.setdefault(database or "", {}),
+                    memory=self.memory.setdefault(database or "", QueryMemory()),
                 )
             finally:
                 conn.row_factory = tuple_row  # a pooled session goes on to other collectors
+            self._busy += ran.busy_seconds
+            return tuple(ran.families)
 
-    def _visit_databases(self, facts: ServerFacts) -> dict[str, tuple[RenderedFamily, ...]]:
+    def _visit_databases(self, facts: ServerFacts) -> tuple[RenderedFamily, ...]:
         """Visit each database in turn; a database where it cannot run is skipped, not an error.
 
-        A database gone since the last run loses its part; the databases that worked are
-        published even when another failed (PartlyFailed carries them).
+        The families of every database are merged (one header each, the samples of all): a
+        database gone since the last run is simply not in them, and the databases that worked
+        are published even when another failed (_PartlyFailed carries them).
         """
         parts: dict[str, tuple[RenderedFamily, ...]] = {}
         reasons: list[str] = []
@@ -192,7 +218,7 @@ class CollectorJob:
             if self.target.closing:
                 raise ConnectFailed(STOPPING)  # no new visit once stopping
             try:
-                parts[database] = render(self._visit(facts, database))
+                parts[database] = self._visit(facts, database)
             except CollectorUnavailable as exc:
                 reasons.append(f"{database}: {exc.reason}")
             except _UNAVAILABLE_ERRORS as exc:
@@ -201,10 +227,10 @@ class CollectorJob:
                 # One database failing must not hide the others, nor mark the whole target down.
                 errors.append(f"{database}: {first_line(exc)}")
         if errors:
-            raise _PartlyFailed("; ".join(errors), parts)
+            raise _PartlyFailed("; ".join(errors), merge_families(parts.values()))
         if not parts and reasons:
             raise CollectorUnavailable("; ".join(reasons))
-        return parts
+        return merge_families(parts.values())
 
 
 def _log_transition(

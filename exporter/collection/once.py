@@ -1,5 +1,6 @@
 """Every collector once against every target, in order: the `once` and `report` commands."""
 
+import math
 from dataclasses import dataclass
 
 from exporter.collection.jobs import CollectorJob, ProbeJob
@@ -32,16 +33,14 @@ def run_once(config: Config) -> Collected:
     store = Store(self_metrics=self_metrics)
     registry = TargetRegistry()
     enabled = [c for c in config.catalogue if c.spec.enabled]
-    # Data collected now stays valid for as long as the slowest collector's max age, so
-    # nothing expires before the caller reads it.
-    max_age = max(c.spec.interval for c in config.catalogue) * config.max_age_intervals
     try:
         targets = [registry.add(t) for t in config.targets]  # every pool starts connecting
         for target in targets:
             ProbeJob(target, store)()
             for collector in enabled:
                 if collector.spec.target_type == target.config.type:
-                    CollectorJob(target, collector, store, max_age)()
+                    # Nothing collected now expires before the caller reads it.
+                    CollectorJob(target, collector, store, max_age_intervals=math.inf)()
         return Collected(store, {t.name: t.facts for t in registry if t.facts is not None})
     finally:
         registry.close()

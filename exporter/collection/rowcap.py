@@ -7,7 +7,7 @@ they stay near the top, so a table hovering around rank N does not appear and va
 interval.
 """
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from exporter.catalogue import Limit
 
@@ -34,13 +34,18 @@ def cap_rows(  # noqa: PLR0917 (one call site; the names say what each is)
         # As text, like the label values they become: arrays and JSON are not hashable.
         return tuple("" if row[i] is None else str(row[i]) for i in key_at)
 
-    best_rank: dict[int, int] = {}  # row position -> best rank over all rank_by columns
+    best_rank: dict[int, int] = {}  # row position -> best rank over all rank_by columns (0: top)
     for column in limit.rank_by:
         if column not in index:
             continue  # e.g. a column this server version does not have
         at = index[column]
-        order = sorted(range(len(rows)), key=lambda r: _sort_value(rows[r][at]), reverse=True)
-        for rank, position in enumerate(order):
+        ranks: Iterable[tuple[int, int]]  # (row position, rank)
+        if limit.ranked:  # ranked by the SQL, among all objects, from 1
+            ranks = enumerate(_rank(row[at], len(rows)) for row in rows)
+        else:
+            order = sorted(range(len(rows)), key=lambda r: _sort_value(rows[r][at]), reverse=True)
+            ranks = ((position, rank) for rank, position in enumerate(order))
+        for position, rank in ranks:
             best_rank[position] = min(rank, best_rank.get(position, rank))
     keep_at = index.get(limit.keep_when) if limit.keep_when else None
     chosen: list[Row] = []
@@ -54,6 +59,11 @@ def cap_rows(  # noqa: PLR0917 (one call site; the names say what each is)
             chosen.append(row)
             keys.add(row_key)
     return chosen, frozenset(keys)
+
+
+def _rank(value: object, fallback: int) -> int:
+    """A rank from the SQL (1 = first) as a position from 0; none ranks last."""
+    return int(value) - 1 if isinstance(value, int) else fallback
 
 
 def _sort_value(value: object) -> float:

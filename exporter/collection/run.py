@@ -3,15 +3,17 @@ turn the rows into metric families."""
 
 import contextlib
 import datetime as dt
-from dataclasses import dataclass
+import re
+import time
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import psycopg
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.catalogue import Branch, Collector, Column, Query, Usage
 from exporter.collection.rowcap import RowKey, cap_rows
 from exporter.errors import CollectorFailed, CollectorUnavailable
+from exporter.exposition.render import FamilyWriter, RenderedFamily, label_set
 from exporter.targets.facts import ServerFacts
 from exporter.targets.sessions import set_statement_timeout
 
@@ -37,7 +39,10 @@ def plan(collector: Collector, facts: ServerFacts, extensions: frozenset[str]) -
         return _unavailable(f"extension {', '.join(missing)} not installed (CREATE EXTENSION)")
     missing = [role for role in requires.roles if not facts.has_role(role)]
     if missing:
-        return _unavailable(f"role is not a member of {', '.join(missing)}")
+        return _unavailable(
+            f"role is not a member of {', '.join(missing)}: GRANT pg_monitor TO "
+            f"{_identifier(facts.user)}"
+        )
     steps = []
     for query in collector.spec.queries:
         branch = query.branch_for(facts.version_num)
@@ -49,12 +54,33 @@ def plan(collector: Collector, facts: ServerFacts, extensions: frozenset[str]) -
     return Plan(steps=tuple(steps))
 
 
+def _identifier(name: str) -> str:
+    """A role name as SQL needs it written: quoted unless it is plain lower case."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
+
+
 def _unavailable(reason: str) -> Plan:
     raise CollectorUnavailable(reason)
 
 
-# What each capped query chose last time, by query name: see rowcap.py.
-Selections = dict[str, frozenset[RowKey]]
+@dataclass
+class Ran:
+    """What a run of the plan produced, and how long its statements kept the server busy
+    (each sent to its last row received, on our clock; turning rows into text does not
+    count)."""
+
+    families: list[RenderedFamily]
+    busy_seconds: float
+
+
+@dataclass
+class QueryMemory:
+    """What a collector's queries remember from one run to the next, in one database."""
+
+    # What each capped query chose last time, by query name: see rowcap.py.
+    chosen: dict[str, frozenset[RowKey]] = field(default_factory=dict)
+    # Queries with an interval of their own: when each last ran, and what it published.
+    results: dict[str, tuple[float, list[RenderedFamily]]] = field(default_factory=dict)
 
 
 def run(
@@ -64,24 +90,36 @@ def run(
     *,
     labels: dict[str, str],
     timeout_seconds: float,
-    selections: Selections,
-) -> list[Metric]:
+    memory: QueryMemory,
+) -> Ran:
     """Run the plan in one read-only transaction bounded by the collector's timeout.
 
-    `selections` carries the capped queries' choices from one run to the next (updated here).
+    `memory` carries the capped queries' choices and the slower queries' last results from
+    one run to the next (updated here).
     """
     spec = collector.spec
-    families: list[Metric] = []
+    families: list[RenderedFamily] = []
     postgres = spec.target_type == "postgres"
+    # The time of the catalogue's statements; BEGIN, SET LOCAL and COMMIT cost the server next
+    # to nothing, and on a busy client their round trips would be mostly the client's own delay.
+    busy = 0.0
     # PgBouncer's console has neither transactions nor settings; its SHOWs answer from memory.
     with conn.transaction() if postgres else contextlib.nullcontext():
         if postgres:
             set_statement_timeout(conn, timeout_seconds)
         for query, branch in steps.steps:
+            last = memory.results.get(query.name)
+            now = time.monotonic()
+            if query.interval is not None and last is not None and now - last[0] < query.interval:
+                families.extend(last[1])  # not due: its figure cannot have changed much
+                continue
             # The SQL is the catalogue's own text, not built from input: run it as written,
             # with the collector's params (if any) bound by the driver.
             text = branch.sql.encode()
             cursor = conn.execute(text, spec.params) if spec.params else conn.execute(text)
+            # The server's part ends here: libpq has every row; turning them into Python
+            # objects below is the exporter's own time.
+            busy += time.monotonic() - now
             aliases = query.aliases  # a column another version names differently
             columns = [aliases.get(c.name, c.name) for c in cursor.description or ()]
             rows = cursor.fetchall()
@@ -89,16 +127,19 @@ def run(
                 key_columns = [
                     c for c in columns if query.metrics.get(c, _IGNORED).usage is Usage.LABEL
                 ]
-                rows, selections[query.name] = cap_rows(
+                rows, memory.chosen[query.name] = cap_rows(
                     query.limit,
                     spec.max_rows(query.limit),
                     columns,
                     rows,
                     key_columns,
-                    selections.get(query.name, frozenset()),
+                    memory.chosen.get(query.name, frozenset()),
                 )
-            families.extend(to_families(collector, query, columns, rows, labels))
-    return families
+            published = to_families(collector, query, columns, rows, labels)
+            if query.interval is not None:
+                memory.results[query.name] = (now, published)
+            families.extend(published)
+    return Ran(families, busy)
 
 
 def to_families(
@@ -107,8 +148,12 @@ def to_families(
     columns: list[str],
     rows: list[tuple[object, ...]],
     labels: dict[str, str],
-) -> list[Metric]:
-    """Map result rows to metric families per the query's column usages."""
+) -> list[RenderedFamily]:
+    """Map result rows straight to exposition text per the query's column usages.
+
+    No object per sample: each row's label set is written once and shared by the metrics that
+    carry the same labels.
+    """
     unmapped = [c for c in columns if c not in query.metrics]
     # SHOW cannot select columns and PgBouncer adds some in minor releases, so there a new
     # column is ignored; SQL collectors keep the strict rule, which catches typos.
@@ -124,55 +169,62 @@ def to_families(
     if clashes:
         raise CollectorFailed(f"query {query.name!r}: label(s) {', '.join(clashes)} set twice")
     value_columns = [c for c in columns if usage[c] in (Usage.GAUGE, Usage.COUNTER)]
-    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+    families: dict[str, FamilyWriter] = {}
     # The positions in label_names of the labels each metric carries (`labels:` narrows them).
-    carried: dict[str, list[int]] = {}
+    carried: dict[str, tuple[int, ...]] = {}
     for column in value_columns:
         spec = query.metrics[column]
-        carried[column] = [
-            i
-            for i, c in enumerate([*labels, *label_columns])
-            if i < len(labels) or spec.labels is None or c in spec.labels
-        ]
-        names = [label_names[i] for i in carried[column]]
-        name = collector.metric_name(column, spec)
-        help_text = spec.help or f"{column} from {collector.name}"
-        if spec.usage is Usage.COUNTER:
-            families[column] = CounterMetricFamily(name, help_text, labels=names)
-        else:
-            families[column] = GaugeMetricFamily(name, help_text, labels=names)
+        # In label name order, as prometheus_client writes them.
+        carried[column] = tuple(
+            sorted(
+                (
+                    i
+                    for i, c in enumerate([*labels, *label_columns])
+                    if i < len(labels) or spec.labels is None or c in spec.labels
+                ),
+                key=lambda i: label_names[i],
+            )
+        )
+        families[column] = FamilyWriter(
+            collector.metric_name(column, spec),
+            spec.help or f"{column} from {collector.name}",
+            counter=spec.usage is Usage.COUNTER,
+        )
     index = {c: i for i, c in enumerate(columns)}
+    value_at = [(c, index[c], query.metrics[c]) for c in value_columns]
+    label_at = [index[c] for c in label_columns]
     seen: set[tuple[str, ...]] = set()
     published: dict[str, set[tuple[str, ...]]] = {c: set() for c in value_columns}
+    fixed = tuple(labels.values())
     for row in rows:
-        label_values = (
-            *labels.values(),
-            *(_label_value(row[index[c]]) for c in label_columns),
-        )
+        label_values = (*fixed, *(_label_value(row[i]) for i in label_at))
         if label_values in seen:
             shared = dict(zip(label_names, label_values, strict=True))
             raise CollectorFailed(f"query {query.name!r}: two rows share the labels {shared}")
         seen.add(label_values)
-        for column in value_columns:
-            value = _value(row, index, column, query.metrics[column])
+        label_texts: dict[tuple[int, ...], str] = {}  # one label set per narrowing, per row
+        for column, at, spec in value_at:
+            value = _value(row, at, index, spec)
             if value is None:
                 continue
-            own = tuple(label_values[i] for i in carried[column])
+            positions = carried[column]
+            own = tuple(label_values[i] for i in positions)
             if own in published[column]:
-                shared = {label_names[i]: label_values[i] for i in carried[column]}
+                shared = {label_names[i]: label_values[i] for i in positions}
                 raise CollectorFailed(
                     f"query {query.name!r}: two rows give {column!r} the labels {shared}"
                 )
             published[column].add(own)
-            families[column].add_metric(list(own), value)
-    return [f for f in families.values() if f.samples]
+            text = label_texts.get(positions)
+            if text is None:
+                text = label_texts[positions] = label_set([label_names[i] for i in positions], own)
+            families[column].add(text, value)
+    return [f.rendered() for f in families.values() if f.series]
 
 
-def _value(
-    row: tuple[object, ...], index: dict[str, int], column: str, spec: Column
-) -> float | None:
+def _value(row: tuple[object, ...], at: int, index: dict[str, int], spec: Column) -> float | None:
     """The column's scaled value plus the columns it adds (those this version has)."""
-    value = _number(row[index[column]])
+    value = _number(row[at])
     if value is None:
         return None
     total = value * spec.scale

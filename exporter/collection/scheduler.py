@@ -18,7 +18,9 @@ from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.catalogue import Collector
+from exporter.collection.budget import Budget
 from exporter.collection.jobs import CollectorJob, ProbeJob
+from exporter.collection.run import QueryMemory
 from exporter.exposition.store import Store
 from exporter.targets import Target
 
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 MAX_JITTER_SECONDS = 5.0
 PROBE_WORKERS = 2
+# At start-up, the slower collectors' first runs follow the fast ones' this far apart.
+FIRST_RUN_SPACING_SECONDS = 0.1
+# An interval the budget wants is applied when it differs from the scheduled one by more.
+RESCHEDULE_TOLERANCE = 0.1
 
 
 def _probe_id(target: str) -> str:
@@ -130,6 +136,9 @@ class Scheduler:
         self._store = store
         self._targets: dict[str, Target] = {}
         self._jobs: dict[str, CollectorJob] = {}  # by job id: their status outlives a reload
+        self._budgets: dict[str, Budget] = {}  # by target
+        self._lock = threading.Lock()  # the jobs' intervals, changed from the jobs' threads
+        self._intervals: dict[str, float] = {}  # by job id: as scheduled now
         self._collectors = [c for c in collectors if c.spec.enabled]
         self._up_interval = up_interval
         self._max_age_intervals = max_age_intervals
@@ -153,9 +162,16 @@ class Scheduler:
         self._scheduler.start()
 
     def add_target(self, target: Target) -> None:
-        """Schedule a target's jobs; the first run of each is now, not one interval from now."""
+        """Schedule a target's jobs; the first run of each is now, not one interval from now.
+
+        The fast collectors (pg_up's companions) go first; the others follow in order of their
+        interval, so the cheap ones have run before a slow one holds the connection.
+        """
         now = dt.datetime.now(dt.UTC)
         self._targets[target.name] = target
+        self._budgets[target.name] = Budget(
+            target.config.database_time_budget, fixed_up_to=self._up_interval
+        )
         self._scheduler.add_job(
             ProbeJob(target, self._store),
             "interval",
@@ -166,8 +182,16 @@ class Scheduler:
             executor="probes",
             misfire_grace_time=max(1, int(self._up_interval)),
         )
+        slower = sorted(
+            (c for c in self._collectors if c.spec.interval > self._up_interval),
+            key=lambda c: c.spec.interval,
+        )
         for collector in self._collectors:
-            self._add_collector_job(target, collector, now)
+            if collector.spec.interval <= self._up_interval:
+                self._add_collector_job(target, collector, now)
+        for order, collector in enumerate(slower):
+            start = now + dt.timedelta(seconds=FIRST_RUN_SPACING_SECONDS * (order + 1))
+            self._add_collector_job(target, collector, start)
 
     def _add_collector_job(
         self,
@@ -180,11 +204,19 @@ class Scheduler:
         if collector.spec.target_type != target.config.type:
             return
         interval = collector.spec.interval
-        job = CollectorJob(target, collector, self._store, interval * self._max_age_intervals)
+        self._budgets[target.name].add(collector.name, interval)
+        job = CollectorJob(
+            target, collector, self._store, self._max_age_intervals, on_cost=self._cost_of
+        )
         if previous is not None:
-            job.status, job.selections = previous.status, previous.selections
+            # The status goes on (errors_total is a counter); the capped queries' choices too,
+            # so a reload does not churn series. Results of the old definition do not.
+            job.status = previous.status
+            job.memory = {db: QueryMemory(chosen=m.chosen) for db, m in previous.memory.items()}
         job_id = f"{target.name}/{collector.name}"
-        self._jobs[job_id] = job
+        with self._lock:
+            self._jobs[job_id] = job
+            self._intervals[job_id] = interval
         self._scheduler.add_job(
             job,
             "interval",
@@ -197,10 +229,63 @@ class Scheduler:
 
     def remove_target(self, name: str) -> None:
         self._targets.pop(name, None)
+        self._budgets.pop(name, None)
         for job in self._scheduler.get_jobs():
             if job.id.startswith(f"{name}/"):
                 job.remove()
-                self._jobs.pop(job.id, None)
+                with self._lock:
+                    self._jobs.pop(job.id, None)
+                    self._intervals.pop(job.id, None)
+
+    def _cost_of(self, job: CollectorJob, seconds: float) -> float:
+        """A run's database time, on the job's thread: the budget may change the intervals of
+        the target's collectors. Returns the job's own interval from now on."""
+        target = job.target.name
+        budget = self._budgets.get(target)
+        if budget is None:  # removed meanwhile
+            return job.collector.spec.interval
+        if seconds > 0:  # a run that never reached the server (target down) says nothing
+            budget.record(job.name, seconds)
+        with self._lock:
+            for job_id, scheduled in list(self._intervals.items()):
+                other = self._jobs.get(job_id)
+                if other is None or other.target.name != target:
+                    continue
+                wanted = budget.interval(other.name)
+                # Not for every small change: each one moves the job's next run.
+                if abs(wanted - scheduled) > RESCHEDULE_TOLERANCE * scheduled:
+                    self._reschedule(job_id, other, wanted)
+            return self._intervals.get(f"{target}/{job.name}", job.collector.spec.interval)
+
+    def _reschedule(self, job_id: str, job: CollectorJob, interval: float) -> None:
+        scheduled = self._scheduler.get_job(job_id)
+        if scheduled is None:
+            return
+        # Keep the phase: the next run comes `interval` after the last one, not after now, so
+        # repeated changes can never keep postponing a run.
+        now = dt.datetime.now(dt.UTC)
+        start = now
+        if scheduled.next_run_time is not None:
+            last = scheduled.next_run_time - dt.timedelta(seconds=self._intervals[job_id])
+            start = max(now, last + dt.timedelta(seconds=interval))
+        self._scheduler.reschedule_job(
+            job_id,
+            trigger="interval",
+            seconds=interval,
+            jitter=_jitter(interval),
+            start_date=start,
+        )
+        self._intervals[job_id] = interval
+        # What it published stays until its next run, however far that moved.
+        self._store.set_max_age(job.target.name, job.name, interval * self._max_age_intervals)
+        log.info(
+            "collector interval changed to fit the database time budget",
+            extra={
+                "target": job.target.name,
+                "collector": job.name,
+                "interval": f"{interval:.0f}s",
+            },
+        )
 
     def set_collectors(
         self, collectors: Iterable[Collector], *, up_interval: float, max_age_intervals: float
@@ -233,13 +318,16 @@ class Scheduler:
                 self._add_collector_job(target, collector, now, previous)
             for name in old.keys() - new.keys():
                 self._remove_job(f"{target.name}/{name}")
+                self._budgets[target.name].remove(name)
         self._up_interval = up_interval
         return set(old) - set(new)
 
     def _remove_job(self, job_id: str) -> CollectorJob | None:
         if self._scheduler.get_job(job_id) is not None:  # a pgbouncer target lacks most
             self._scheduler.remove_job(job_id)
-        return self._jobs.pop(job_id, None)
+        with self._lock:
+            self._intervals.pop(job_id, None)
+            return self._jobs.pop(job_id, None)
 
     def shutdown(self) -> None:
         """Start no more runs; running jobs go on (see `wait`)."""

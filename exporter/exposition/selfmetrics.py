@@ -3,10 +3,8 @@
 import platform
 from collections.abc import Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from exporter import __version__
-from exporter.exposition.render import RenderedFamily, render
+from exporter.exposition.render import FamilyWriter, RenderedFamily, label_set
 from exporter.status import State, TargetStatus
 
 # psycopg_pool's get_stats() keys -> (metric, kind, help). Keys it omits while zero are 0.
@@ -69,71 +67,117 @@ POOL_STATS: dict[str, tuple[str, str, str]] = {
 }
 
 
+class _Family:
+    """A family with fixed label names, written with FamilyWriter (labels sorted by name,
+    as prometheus_client writes them)."""
+
+    def __init__(self, name: str, help_text: str, labels: list[str], *, counter: bool) -> None:
+        self._writer = FamilyWriter(name, help_text, counter=counter)
+        self._order = sorted(range(len(labels)), key=lambda i: labels[i])
+        self._names = [labels[i] for i in self._order]
+
+    @property
+    def samples(self) -> int:
+        return self._writer.series
+
+    def add_metric(self, values: list[str], value: float) -> None:
+        self._writer.add(label_set(self._names, [values[i] for i in self._order]), value)
+
+    def rendered(self) -> RenderedFamily:
+        return self._writer.rendered()
+
+
+def _gauge(name: str, help_text: str, labels: list[str]) -> _Family:
+    return _Family(name, help_text, labels, counter=False)
+
+
+def _counter(name: str, help_text: str, labels: list[str]) -> _Family:
+    return _Family(name, help_text, labels, counter=True)
+
+
 def self_metrics(targets: dict[str, TargetStatus]) -> Iterable[RenderedFamily]:
-    return render(_families(targets))
+    return [family.rendered() for family in _families(targets) if family.samples]
 
 
-def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
-    build = GaugeMetricFamily(
+def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
+    build = _gauge(
         "pg_exporter_build_info",
         "pg-health-exporter version and Python version; always 1.",
         labels=["version", "python_version"],
     )
     build.add_metric([__version__, platform.python_version()], 1)
-    up = GaugeMetricFamily(
+    up = _gauge(
         "pg_up",
         "1 if the last connection to the target succeeded, 0 if it failed.",
         labels=["target"],
     )
     per_collector = ["target", "collector"]
-    last_success = GaugeMetricFamily(
+    last_success = _gauge(
         "pg_exporter_collector_last_success_timestamp_seconds",
         "When the collector last completed without error (Unix time).",
         labels=per_collector,
     )
-    duration = GaugeMetricFamily(
+    duration = _gauge(
         "pg_exporter_collector_duration_seconds",
         "How long the collector's last run took, including every database it visited.",
         labels=per_collector,
     )
-    errors = CounterMetricFamily(
+    errors = _counter(
         "pg_exporter_collector_errors_total",
         "Runs of the collector that failed (SQL error, timeout); not counted while the "
         "target is down, which pg_up reports.",
         labels=per_collector,
     )
-    series = GaugeMetricFamily(
+    series = _gauge(
         "pg_exporter_collector_series",
         "Series the collector published on its last successful run.",
         labels=per_collector,
     )
-    collector_up = GaugeMetricFamily(
+    collector_up = _gauge(
         "pg_exporter_collector_up",
         "1 if the collector's last run succeeded, 0 if it failed or cannot run here.",
         labels=per_collector,
     )
-    available = GaugeMetricFamily(
+    interval = _gauge(
+        "pg_exporter_collector_interval_seconds",
+        "Seconds between the collector's runs now: as configured, or longer to keep the "
+        "target's database time budget.",
+        labels=per_collector,
+    )
+    database_time = _counter(
+        "pg_exporter_collector_database_seconds",
+        "Time the collector's statements kept the server busy (sent to last reply, on the "
+        "exporter's clock): its cost on the monitored database.",
+        labels=per_collector,
+    )
+    budget = _gauge(
+        "pg_exporter_database_time_budget_ratio",
+        "Database time per second the target's collectors may use (0.005: half a percent "
+        "of one core, 300 ms a minute); absent without a budget.",
+        labels=["target"],
+    )
+    available = _gauge(
         "pg_exporter_collector_available",
         "0 with a reason when the collector cannot run on this target "
         "(server version, missing extension or privilege), else 1.",
         labels=[*per_collector, "reason"],
     )
-    not_visited = GaugeMetricFamily(
+    not_visited = _gauge(
         "pg_exporter_database_not_visited",
         "1 for each database per-database collectors cannot visit, with the reason "
         "(CONNECT not granted to the role; a name that is not valid UTF-8).",
         labels=["target", "datname", "reason"],
     )
-    pool: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-        key: (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
-            name, help_text, labels=["target"]
-        )
+    pool: dict[str, _Family] = {
+        key: (_counter if kind == "counter" else _gauge)(name, help_text, labels=["target"])
         for key, (name, kind, help_text) in POOL_STATS.items()
     }
     for target, status in sorted(targets.items()):
         up.add_metric([target], 1 if status.up else 0)
         for datname, reason in status.reach.not_visited:
             not_visited.add_metric([target, datname, reason], 1)
+        if status.budget is not None:
+            budget.add_metric([target], status.budget)
         if status.pool:
             for key, family in pool.items():
                 scale = 0.001 if key.endswith("_ms") else 1
@@ -145,6 +189,9 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
             duration.add_metric(labels, collector.last_duration)
             errors.add_metric(labels, collector.errors_total)
             series.add_metric(labels, collector.series)
+            if collector.interval:
+                interval.add_metric(labels, collector.interval)
+            database_time.add_metric(labels, collector.database_seconds_total)
             collector_up.add_metric(labels, 1 if collector.state == State.OK else 0)
             unavailable = collector.state == State.UNAVAILABLE
             reason = collector.message if unavailable else ""
@@ -158,5 +205,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[Metric]:
         series,
         collector_up,
         available,
+        interval,
+        database_time,
+        *([budget] if budget.samples else []),
         *(family for family in (not_visited, *pool.values()) if family.samples),
     ]

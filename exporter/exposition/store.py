@@ -3,38 +3,53 @@
 Jobs swap rendered parts in; a scrape reads a cached snapshot. Nothing here touches the
 database, and the lock is only ever held for dictionary updates and byte joins, never while
 SQL runs, so a slow database can never slow a scrape.
+
+A part is one collector's output on one target, every database it visited included, and is
+compressed whole when it is published (on the job's thread). When no family is published by
+two parts (one target: collectors never share a family), the body is the parts one after the
+other and its gzip form is their compressed forms joined: about the size of compressing the
+whole body at once, at the cost of a join. When families are shared (several targets), each
+family's header and samples are also compressed on their own, once per part, and joined.
 """
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
-from exporter.exposition.render import RenderedFamily, gzip_from_pieces
+from exporter.exposition.render import RenderedFamily, deflate_piece, gzip_from_pieces
 from exporter.status import CollectorStatus, Reachability, TargetStatus
-
-# One collector run's rendered output, by database ("" for a server-scope collector).
-Parts = Mapping[str, tuple[RenderedFamily, ...]]
 
 
 @dataclass(frozen=True, order=True)
 class PartKey:
-    """Where a part came from: a collector run on a target (and a database, when per-database)."""
+    """Where a part came from: a collector run on a target."""
 
     target: str
     collector: str
-    database: str = ""
 
 
 @dataclass(frozen=True)
 class Part:
     families: tuple[RenderedFamily, ...]
     collected_at: float  # wall clock, seconds since the epoch
+    published_at: float  # monotonic clock
     expires_at: float  # monotonic clock: left out of /metrics from then on
+    deflated: bytes  # the part's text (each family's header and samples) deflated whole
+    # The same pieces deflated one by one, made the first time a snapshot needs them.
+    alone: list[bytes] = field(default_factory=list, compare=False)
 
     @property
     def series(self) -> int:
         return sum(f.series for f in self.families)
+
+    def pieces_alone(self) -> list[bytes]:
+        # Made by the publishing job (with several targets) before the part is shared, else
+        # under the store's lock: never twice at once.
+        if not self.alone:
+            for family in self.families:
+                self.alone.extend((deflate_piece(family.header), deflate_piece(family.samples)))
+        return self.alone
 
 
 class Snapshot:
@@ -74,7 +89,7 @@ class Store:
         self,
         target: str,
         collector: str,
-        parts: Parts | None,
+        families: Sequence[RenderedFamily] | None,
         status: CollectorStatus,
         *,
         max_age: float,
@@ -82,17 +97,29 @@ class Store:
     ) -> None:
         """One collector run's outcome, in one step.
 
-        `parts` become the collector's whole output on the target (a database missing from them
-        has its old part removed); None keeps the old parts, which expire `max_age` after they
-        were collected. `reach` is what the run found out about the target, if anything.
+        `families` become the collector's whole output on the target, every database it
+        visited included; None keeps the old part, which expires `max_age` after it was
+        collected. `reach` is what the run found out about the target, if anything.
         """
-        collected_at, expires_at = time.time(), self._clock() + max_age
+        collected_at, published_at = time.time(), self._clock()
+        part = None
+        if families is not None:  # compressed here, on the job's thread, outside the lock
+            part = Part(
+                tuple(families),
+                collected_at,
+                published_at,
+                published_at + max_age,
+                deflate_piece(_text(families)),
+            )
+            if len(self._targets) > 1:  # families shared: the snapshot will want these
+                part.pieces_alone()
+        key = PartKey(target, collector)
         with self._lock:
-            if parts is not None:
-                self._remove_parts(target, collector)
-                for database, families in parts.items():
-                    key = PartKey(target, collector, database)
-                    self._parts[key] = Part(families, collected_at, expires_at)
+            if part is not None:
+                if part.families:
+                    self._parts[key] = part
+                else:
+                    self._parts.pop(key, None)
             current = self._targets.get(target, TargetStatus())
             collectors = {**current.collectors, collector: status}
             self._targets[target] = replace(
@@ -101,15 +128,27 @@ class Store:
             self._snapshot = None
 
     def publish_target(
-        self, target: str, reach: Reachability, pool: dict[str, int] | None = None
+        self,
+        target: str,
+        reach: Reachability,
+        pool: dict[str, int] | None = None,
+        budget: float | None = None,
     ) -> None:
-        """What a probe found out about a target, and its pool's counters."""
+        """What a probe found out about a target, its pool's counters and its budget."""
         with self._lock:
             current = self._targets.get(target, TargetStatus())
-            changes: dict[str, object] = {"reach": _newer(current.reach, reach)}
+            changes: dict[str, object] = {"reach": _newer(current.reach, reach), "budget": budget}
             if pool is not None:
                 changes["pool"] = pool
             self._targets[target] = replace(current, **changes)  # type: ignore[arg-type]
+            self._snapshot = None
+
+    def set_max_age(self, target: str, collector: str, max_age: float) -> None:
+        """A collector's interval changed: its parts now expire `max_age` after publishing."""
+        with self._lock:
+            for key, part in self._parts.items():
+                if (key.target, key.collector) == (target, collector):
+                    self._parts[key] = replace(part, expires_at=part.published_at + max_age)
             self._snapshot = None
 
     def forget(self, target: str, collector: str | None = None) -> None:
@@ -145,26 +184,33 @@ class Store:
 
     def _build(self, now: float) -> Snapshot:
         # Group by family name: one header per family, then the samples of every part.
-        by_name: dict[str, list[RenderedFamily]] = {}
-        valid_until = float("inf")
-        for _, part in sorted(self._parts.items()):
-            if part.expires_at <= now:
-                continue
-            valid_until = min(valid_until, part.expires_at)
-            for family in part.families:
-                by_name.setdefault(family.name, []).append(family)
-        for family in self._self_metrics(dict(self._targets)):
-            by_name.setdefault(family.name, []).append(family)
+        live = [part for _, part in sorted(self._parts.items()) if part.expires_at > now]
+        valid_until = min((part.expires_at for part in live), default=float("inf"))
+        own = tuple(self._self_metrics(dict(self._targets)))
+        live.append(Part(own, 0.0, now, float("inf"), deflate_piece(_text(own))))
+        by_name: dict[str, list[tuple[Part, int]]] = {}
+        for part in live:
+            for position, family in enumerate(part.families):
+                by_name.setdefault(family.name, []).append((part, position))
         plain: list[bytes] = []
-        packed: list[bytes] = []
-        for families in by_name.values():
-            plain.append(families[0].header)
-            packed.append(families[0].header_z)
-            for family in families:
-                plain.append(family.samples)
-                packed.append(family.samples_z)
+        if all(len(places) == 1 for places in by_name.values()):
+            # Every family from one part: the body is the parts in order, and so is the stream.
+            plain = [_text(part.families) for part in live]
+            return Snapshot(b"".join(plain), [part.deflated for part in live], valid_until)
+        packed = []
+        for places in by_name.values():
+            first, at = places[0]
+            plain.append(first.families[at].header)
+            packed.append(first.pieces_alone()[2 * at])
+            for part, position in places:
+                plain.append(part.families[position].samples)
+                packed.append(part.pieces_alone()[2 * position + 1])
         return Snapshot(b"".join(plain), packed, valid_until)
 
 
 def _newer(current: Reachability, found: Reachability | None) -> Reachability:
     return found if found is not None and found.seq > current.seq else current
+
+
+def _text(families: Iterable[RenderedFamily]) -> bytes:
+    return b"".join(text for f in families for text in (f.header, f.samples))

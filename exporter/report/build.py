@@ -1,4 +1,4 @@
-"""`pg-health-exporter report`: collect everything once, judge the samples, print the findings.
+"""`pg-health-exporter report`: collect everything once and judge the samples (cli prints them).
 
 The collection is the `once` command's (every enabled collector of the catalogue, run once per
 target by collection.run_once); the report then reads the exposition text back and judges
@@ -9,7 +9,6 @@ it holds what the exposition cannot say, why a collector failed or a target is d
 import getpass
 import os
 from collections.abc import Mapping
-from typing import TextIO
 
 from exporter.collection import run_once
 from exporter.config import Config, TargetConfig
@@ -17,7 +16,6 @@ from exporter.errors import ConfigError
 from exporter.report import checks
 from exporter.report.checks import Context, Thresholds, judge
 from exporter.report.findings import Finding, Report, TargetInfo
-from exporter.report.format import format_report
 from exporter.report.samples import Samples
 from exporter.status import TargetStatus
 from exporter.targets import ServerFacts
@@ -79,6 +77,7 @@ def judge_collected(
         findings.append(checks.target_finding(info))
         if not status.up:
             continue
+        probed = facts.get(name)
         context = Context(
             target=name,
             target_type=target_config.type,
@@ -86,7 +85,13 @@ def judge_collected(
             thresholds=thresholds,
             catalogue=catalogue,
             statuses=status.collectors,
-            monitoring_role=_monitoring_role(target_config, facts.get(name)),
+            monitoring_role=_monitoring_role(target_config, probed),
+            facts=probed,
+            forbidden_databases=tuple(
+                db
+                for db in (probed.forbidden_databases if probed else ())
+                if target_config.databases.allows(db)
+            ),
         )
         findings.extend(judge(context))
     return Report(
@@ -108,18 +113,3 @@ def _monitoring_role(target: TargetConfig, facts: ServerFacts | None) -> str | N
     user = target.dsn_params.get("user")
     # libpq's defaults when the DSN names no user.
     return str(user or os.environ.get("PGUSER") or getpass.getuser())
-
-
-def run_report(
-    config: Config,
-    *,
-    target: str | None,
-    output_format: str,
-    stream: TextIO,
-    colour: bool = False,
-) -> int:
-    """Build the report, write it in the format asked for; the exit code (1: critical)."""
-    report = build_report(config, target=target)
-    stream.write(format_report(report, output_format, colour=colour))
-    stream.flush()
-    return report.exit_code

@@ -14,6 +14,7 @@ SELECT current_setting('server_version_num')::int AS version_num,
        current_setting('server_version') AS version,
        pg_is_in_recovery() AS in_recovery,
        current_database() AS database,
+       current_user AS "user",
        (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') AS preload,
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
        ARRAY(SELECT rolname::text FROM pg_roles
@@ -21,8 +22,9 @@ SELECT current_setting('server_version_num')::int AS version_num,
        ARRAY(SELECT extname::text FROM pg_extension) AS extensions,
        -- Databases to visit: not templates, accepting connections, and not left invalid by
        -- an interrupted DROP DATABASE (datconnlimit -2, PG 16+); with whether CONNECT is
-       -- granted to us. Names as their bytes (text to bytea converts nothing): a name in
-       -- another encoding than UTF-8 cannot be given to libpq to connect with.
+       -- granted to us (GRANT CONNECT ON DATABASE ... if not). Names as their bytes (text to
+       -- bytea converts nothing): a name in another encoding than UTF-8 cannot be given to
+       -- libpq to connect with.
        ARRAY(SELECT datname::text::bytea FROM pg_database
              WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
              ORDER BY datname) AS databases,
@@ -38,13 +40,16 @@ class ServerFacts:
     version: str
     in_recovery: bool
     database: str  # the database the target's DSN connects to
+    user: str  # the role the exporter is connected as (current_user)
     preload: frozenset[str] | None  # None: the role may not read shared_preload_libraries
     superuser: bool
     roles: frozenset[str]
     extensions: frozenset[str]  # installed in `database`
     databases: tuple[str, ...]  # every database the role can visit
-    # Databases it cannot, with why (CONNECT revoked, a name that is not UTF-8); a name that
-    # is not UTF-8 has its other bytes as \xNN.
+    # Databases that accept connections, but not this role's (no CONNECT privilege).
+    forbidden_databases: tuple[str, ...] = ()
+    # Every database it cannot visit, with why (those, and names that are not UTF-8, whose
+    # other bytes read as \\xNN).
     not_visited: tuple[tuple[str, str], ...] = ()
 
     def has_role(self, role: str) -> bool:
@@ -56,18 +61,32 @@ def probe(conn: psycopg.Connection[tuple[object, ...]], *, timeout_seconds: floa
     set_statement_timeout(conn, timeout_seconds)
     row = conn.execute(_PROBE_SQL).fetchone()
     assert row is not None  # a SELECT without FROM always returns one row
-    version_num, version, in_recovery, database, preload, superuser, roles, ext, dbs, grants = row
+    (
+        version_num,
+        version,
+        in_recovery,
+        database,
+        user,
+        preload,
+        superuser,
+        roles,
+        ext,
+        dbs,
+        grants,
+    ) = row
     visitable, not_visited = _visitable(dbs, grants)
     return ServerFacts(
         version_num=int(str(version_num)),
         version=str(version),
         in_recovery=bool(in_recovery),
         database=str(database),
+        user=str(user),
         preload=None if preload is None else _split_list(str(preload)),
         superuser=bool(superuser),
         roles=frozenset(_as_strings(roles)),
         extensions=frozenset(_as_strings(ext)),
         databases=visitable,
+        forbidden_databases=tuple(db for db, why in not_visited if why == NO_CONNECT),
         not_visited=not_visited,
     )
 
@@ -83,6 +102,7 @@ def probe_pgbouncer(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts
         version=text.removeprefix("PgBouncer ").strip(),
         in_recovery=False,
         database="pgbouncer",
+        user="",
         preload=None,
         superuser=False,
         roles=frozenset(),
@@ -100,6 +120,10 @@ def _split_list(setting: str) -> frozenset[str]:
     return frozenset(part.strip().strip('"') for part in setting.split(",") if part.strip())
 
 
+NO_CONNECT = "CONNECT is not granted to the role"
+NOT_UTF8 = "its name is not valid UTF-8"
+
+
 def _visitable(
     names: object, grants: object
 ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -112,10 +136,10 @@ def _visitable(
         try:
             bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            refused.append((name, "its name is not valid UTF-8"))
+            refused.append((name, NOT_UTF8))
             continue
         if not granted:
-            refused.append((name, "CONNECT is not granted to the role"))
+            refused.append((name, NO_CONNECT))
         else:
             visitable.append(name)
     return tuple(visitable), tuple(refused)

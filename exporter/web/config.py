@@ -172,7 +172,9 @@ def load_web_config(path: Path) -> WebSecurity:
     try:
         config = WebConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([f"{path}: {p}" for p in validation_problems(exc)]) from None
+        raise ConfigError(
+            [f"{path}: {p}" for p in validation_problems(exc, model=WebConfig)]
+        ) from None
     return security_from(config, base=path.parent, where=str(path))
 
 

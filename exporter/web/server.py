@@ -1,4 +1,5 @@
-"""HTTP endpoints: /metrics from the store, /healthz for liveness, / as a landing page.
+"""HTTP endpoints: /metrics from the store, /healthz for liveness, / as a landing page, and
+/health (/health.json) as the report on the store's data.
 
 Handlers only read the store's current snapshot: no SQL, no waiting on a database.
 
@@ -31,6 +32,7 @@ from exporter.exposition.store import Store
 from exporter.targets.watchdog import Watchdog
 from exporter.units import parse_listen_address
 from exporter.web.config import OPEN, WebSecurity
+from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
 from exporter.web.tls import secure
 
@@ -229,6 +231,7 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     store: ClassVar[Store]
     landing: ClassVar[LandingPage]
+    health: ClassVar[HealthPage]
     web: ClassVar[WebSecurity]  # replaced whole on reload; each request reads it once
     server_version = f"pg-health-exporter/{__version__}"
     server: _Server
@@ -307,6 +310,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/":
             self._send(200, self.landing.html(self.store).encode(), "text/html; charset=utf-8")
+        elif path == "/health":
+            self._send(200, self.health.html(self.store), "text/html; charset=utf-8")
+        elif path == "/health.json":
+            self._send(200, self.health.json(self.store), "application/json")
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
@@ -352,6 +359,7 @@ class MetricsServer:
         self,
         store: Store,
         landing: LandingPage,
+        health: HealthPage,
         listen_address: str,
         *,
         web: WebSecurity = OPEN,
@@ -359,7 +367,9 @@ class MetricsServer:
     ) -> None:
         host, port = parse_listen_address(listen_address)
         self._handler: type[_Handler] = type(
-            "Handler", (_Handler,), {"store": store, "landing": landing, "web": web}
+            "Handler",
+            (_Handler,),
+            {"store": store, "landing": landing, "health": health, "web": web},
         )
         server_class = _Server6 if ":" in host else _Server
         cap = max_connections or connection_cap()
@@ -377,8 +387,10 @@ class MetricsServer:
         """Apply a new web config: to connections and requests from now on."""
         self._handler.web = web
 
-    def set_landing(self, landing: LandingPage) -> None:
+    def set_pages(self, landing: LandingPage, health: HealthPage) -> None:
+        """The pages for a new config (its targets and collectors)."""
         self._handler.landing = landing
+        self._handler.health = health
 
     def shutdown(self) -> None:
         self._httpd.shutdown()

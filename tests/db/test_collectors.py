@@ -4,11 +4,12 @@ import re
 from collections.abc import Iterator
 
 import psycopg
+import psycopg.sql
 import pytest
 import yaml
 
 from exporter.collection import run_once
-from exporter.config import parse_config
+from exporter.config import DatabaseFilter, parse_config
 from exporter.demo.embedded import LocalPostgres
 from support import (
     REPO,
@@ -221,3 +222,45 @@ def test_per_database_collector_visits_each_database(postgres: LocalPostgres) ->
         if name == "pg_where_here"
     }
     assert found == {("visit_a", "visit_a"), ("visit_b", "visit_b")}
+
+
+# Names a regular expression or a connection string could mistake for something else.
+AWKWARD_NAMES = ("line\nbreak", 'quote\'s "double"', "re.gex*[x]+(y)", "back\\slash =x")
+
+
+def test_every_database_is_visited_whatever_its_name(postgres: LocalPostgres) -> None:
+    """With no filter (every database), each name is taken literally: newlines, quotes and
+    regular-expression characters included; the label carries the name as it is."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        for name in AWKWARD_NAMES:
+            ident = psycopg.sql.Identifier(name)
+            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(ident))
+    where = {
+        "help": "Which database am I in?",
+        "scope": "database",
+        "queries": [
+            {
+                "sql": "SELECT current_database() AS db, 1 AS here",
+                "metrics": {"db": "label", "here": "gauge"},
+            }
+        ],
+    }
+    try:
+        config = exporter_config(postgres.dsn(), collectors={"where": where})
+        samples = parse_exposition(run_once(config).body.decode())
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            for name in AWKWARD_NAMES:
+                ident = psycopg.sql.Identifier(name)
+                conn.execute(psycopg.sql.SQL("DROP DATABASE {}").format(ident))
+    visited = {
+        dict(labels)["datname"]: dict(labels)["db"]
+        for (name, labels), _ in samples.items()
+        if name == "pg_where_here"
+    }
+    for name in AWKWARD_NAMES:
+        assert visited.get(name) == name, (name, sorted(visited))
+    # A pattern that does match such a name visits it too; one that does not, does not.
+    only = DatabaseFilter(include=("line.break", r"re\.gex.*"), exclude=(".*x.*",))
+    assert only.allows("line\nbreak") and not only.allows("re.gex*[x]+(y)")

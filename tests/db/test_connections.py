@@ -26,7 +26,7 @@ def collect(dsn: str, **override: Any) -> Samples:
     try:
         target = registry.add(config.targets[0])
         ProbeJob(target, store)()
-        CollectorJob(target, collector, store, max_age=60)()
+        CollectorJob(target, collector, store, max_age_intervals=60)()
         samples = parse_exposition(store.snapshot().body.decode())
     finally:
         registry.close()

@@ -79,6 +79,13 @@ def test_landing_page_and_health(postgres: LocalPostgres, run_exporter: RunExpor
         page = response.read().decode()
     assert "pg — up" in page
     assert "<td>database</td><td>ok</td>" in page
+    assert "<a href='/health'>" in page
+    # The health page: the target, each collector's state, the time of the data.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        health = response.read().decode()
+    assert "<h2>pg <span class='state up'>up</span></h2>" in health
+    assert "<td>database</td><td><span class='state ok'>ok</span></td>" in health
+    assert "Data collected " in health
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=5)
     missing.value.close()  # the error holds the response open
@@ -86,7 +93,8 @@ def test_landing_page_and_health(postgres: LocalPostgres, run_exporter: RunExpor
 
 
 def test_scrapes_run_no_sql(postgres: LocalPostgres, run_exporter: RunExporter) -> None:
-    """Many scrapes in a row add no statements on the database: only scheduled jobs run SQL."""
+    """Many scrapes (and health pages) in a row add no statements on the database: only
+    scheduled jobs run SQL."""
     with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS scrape_counter")
         conn.execute("CREATE ROLE scrape_counter LOGIN IN ROLE pg_monitor")
@@ -113,7 +121,11 @@ def test_scrapes_run_no_sql(postgres: LocalPostgres, run_exporter: RunExporter) 
     for _ in range(200):
         scrape_text(port)
         scrape_text(port, accept_gzip=True)
+        for path in ("/health", "/health.json"):  # judged from the store
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                assert response.status == 200
     assert statements_run() == before
+    assert exporter.health.builds == 1  # nothing changed: judged once, then cached
 
 
 def test_database_down_then_back(

@@ -1,18 +1,16 @@
 """`pg-health-exporter demo` (what `make demo` runs), driven as a user would: every planted
-problem is visible in /metrics and in the short report, and Ctrl-C removes everything."""
+problem is visible in /metrics and in the short report, and Ctrl-C removes everything. (The
+health page in a browser: tests/stack/test_health_browser.py.)"""
 
 import re
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from exporter.demo.demo import DATABASE, IDLE_CONNECTIONS, TARGET
 from exporter.demo.workload import Planted
-from support import Samples, free_port, scrape, value, wait_for
+from support import Samples, scrape, value
+from support.demo import running_demo
 
 pytestmark = pytest.mark.any_major
 
@@ -27,26 +25,9 @@ def _sum(samples: Samples, metric: str, **labels: str) -> float:
 
 
 def test_demo_plants_every_problem_and_cleans_up() -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "demo", "--web.listen-address", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(iter(process.stdout.readline, "")) if process.stdout else None
-    )
-    reader.start()
-    try:
-        # The demo prints its report once every collector has run: all is served by then.
-        wait_for(
-            lambda: any("press Ctrl-C" in line for line in lines) or process.poll() is not None,
-            timeout=60,
-            what="the demo to be ready",
-        )
-        assert process.poll() is None, "".join(lines)
+    with running_demo() as demo:
+        demo.wait_ready()
+        port = demo.port
         samples = scrape(port)
         p = Planted()
         assert value(samples, "pg_up", target=TARGET) == 1
@@ -101,17 +82,12 @@ def test_demo_plants_every_problem_and_cleans_up() -> None:
             samples, "pg_connections_max_idle_in_transaction_age_seconds", datname=DATABASE
         )
         assert idle_age is not None and idle_age > 0
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        reader.join(timeout=10)
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-    output = "".join(lines)
+        assert demo.interrupt() == 0
+    output = demo.output
     assert f"http://127.0.0.1:{port}/metrics" in output
+    # The version as people write it (18.6), not server_version_num (180006).
+    assert re.search(r"^demo: PostgreSQL 1\d\.\d+ is up on port", output, re.MULTILINE), output
+    assert f"http://127.0.0.1:{port}/health" in output
     # The short report names the planted objects with their fixes.
     assert "PostgreSQL health report" in output
     assert f"DROP INDEX CONCURRENTLY public.{p.unused_index};" in output

@@ -55,18 +55,26 @@ def exporter_sessions(postgres: LocalPostgres, role: str) -> list[int]:
 
 
 @contextmanager
-def session_count_sampler(postgres: LocalPostgres, role: str) -> Iterator[list[int]]:
-    """Counts the exporter's sessions every few milliseconds; yields the counts seen so far."""
+def session_count_sampler(
+    postgres: LocalPostgres, role: str, killed: set[int] | None = None
+) -> Iterator[list[int]]:
+    """Counts the exporter's sessions every few milliseconds; yields the counts seen so far.
+
+    Backends in `killed` (terminated by the test, possibly still exiting on a busy machine)
+    are no longer the exporter's and are not counted.
+    """
     counts: list[int] = []
     stop = threading.Event()
+    gone = killed if killed is not None else set()
 
     def sample() -> None:
         with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
             while not stop.is_set():
                 row = conn.execute(
                     "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE usename = %s AND application_name = 'pg-health-exporter'",
-                    (role,),
+                    " WHERE usename = %s AND application_name = 'pg-health-exporter'"
+                    " AND pid <> ALL(%s)",
+                    (role, list(gone)),
                 ).fetchone()
                 counts.append(int(row[0]) if row else 0)
                 stop.wait(0.02)
@@ -100,16 +108,16 @@ def test_terminated_backends_reconnect_within_the_cap(
     exporter = run_exporter(fast_config(postgres.dsn(user=monitor_role), max_connections=cap))
     port = exporter.server.port
     wait_for(lambda: collected_since(port, 0, *COLLECTORS), what="first collection")
-    with session_count_sampler(postgres, monitor_role) as counts:
+    terminated: set[int] = set()
+    with session_count_sampler(postgres, monitor_role, terminated) as counts:
         for _ in range(3):
             killed = wait_for(
                 lambda: exporter_sessions(postgres, monitor_role), what="the exporter's sessions"
             )
+            terminated.update(killed)  # before they are killed: the sampler stops counting them
             with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
                 conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE usename = %s AND application_name = 'pg-health-exporter'",
-                    (monitor_role,),
+                    "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (killed,)
                 )
             since = time.time()
             wait_for(
@@ -232,3 +240,26 @@ def test_custom_collector_with_broken_sql_is_reported(postgres: LocalPostgres) -
     assert value(samples, "pg_exporter_collector_up", collector="typo") == 0
     assert value(samples, "pg_exporter_collector_errors_total", collector="typo") == 1
     assert value(samples, "pg_exporter_collector_up", collector="database") == 1
+
+
+def test_an_unreachable_target_is_detected_within_connect_timeout(
+    postgres: LocalPostgres,
+) -> None:
+    # README ("When things fail"): the probe's connect attempt is bounded by connect_timeout.
+    # A stalled proxy accepts the connection and never answers, like a hung middlebox.
+    connect_timeout = 2.0
+    with StallingProxy(postgres.port) as proxy:
+        proxy.stall()
+        dsn = f"host=127.0.0.1 port={proxy.port} dbname=postgres user=postgres"
+        config = fast_config(dsn, connect_timeout=connect_timeout)
+        started = time.monotonic()
+        with Exporter(config, listen_address="127.0.0.1:0") as exporter:
+
+            def down() -> bool:
+                status = exporter.store.targets().get("pg")
+                return status is not None and not status.up and bool(status.message)
+
+            wait_for(down, timeout=connect_timeout + 10, what="the target marked down")
+            elapsed = time.monotonic() - started
+    # The attempt itself, plus scheduling: well under the 5 s default or a second attempt.
+    assert elapsed < connect_timeout + 1.5, elapsed

@@ -398,3 +398,21 @@ def test_data_source_name_without_config(
     monkeypatch.delenv("DATA_SOURCE_NAME")
     assert main(["report"]) == 2
     assert "DATA_SOURCE_NAME" in capsys.readouterr().err
+
+
+def test_bloat_below_the_thresholds_is_not_called_none(
+    plant: Plant, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the default thresholds (100 MiB of bloat) the planted table's is not flagged, and
+    the report says so with the number it measured, not "no table is bloated"."""
+    p = plant.planted
+    considered = {"bloat": {"min_bytes": 1024 * 1024}}  # the table is 5 MiB: measure it
+    config = write_config(tmp_path, plant.dsn, plant.database, params=considered)
+    code, document = json_report(capsys, config)
+    assert code == 0
+    [table] = [f for f in document["findings"] if f["check"] == "table_bloat"]
+    assert table["severity"] == "ok"
+    assert "bloated" not in table["summary"]
+    assert table["summary"].startswith("no table above the thresholds (50.0% and 100.0 MiB)")
+    assert f"largest: {p.qualified(p.bloated_table)} " in table["summary"]
+    assert table["values"]["largest_ratio"] > 0.5

@@ -148,3 +148,65 @@ def test_sequences_the_role_may_not_read(
     samples = collect(dsn, database, "sequences")
     assert used(samples, "near_id_seq") == pytest.approx(1 - 100 / INT4_MAX, abs=1e-9)
     assert value(samples, "pg_sequences_unmeasured", reason="no_privilege") == 0
+
+
+# A bigint sequence at 95% of the integer range, feeding columns whose types hide an integer.
+NEAR = round(0.95 * INT4_MAX)
+DISGUISED = f"""
+CREATE DOMAIN app_id AS integer CHECK (VALUE > 0);
+CREATE DOMAIN app_ids AS app_id[];
+CREATE SEQUENCE shared AS bigint;
+CREATE TABLE accounts (id app_id DEFAULT nextval('shared'), tags app_ids);
+CREATE TABLE audit (id bigint DEFAULT nextval('shared'),
+                    refs app_ids DEFAULT ARRAY[nextval('shared')::integer]);
+CREATE TABLE plain (id bigint DEFAULT nextval('shared'));
+SELECT setval('shared', {NEAR});
+CREATE TABLE tickets (id integer GENERATED ALWAYS AS IDENTITY);
+SELECT setval(pg_get_serial_sequence('tickets', 'id'), {NEAR});
+-- A partitioned table: one partition created as such (it copies the DEFAULT), one attached.
+CREATE TABLE orders (id serial, at date NOT NULL) PARTITION BY RANGE (at);
+CREATE TABLE orders_2024 PARTITION OF orders FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE orders_2025 (id integer NOT NULL, at date NOT NULL);
+ALTER TABLE orders ATTACH PARTITION orders_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+SELECT setval('orders_id_seq', {NEAR});
+CREATE SCHEMA "Odd Schema";
+CREATE TABLE "Odd Schema".small (id smallserial);
+SELECT setval('"Odd Schema".small_id_seq', 100);
+"""
+
+
+def overflowing(samples: Samples, sequence: str) -> dict[tuple[str, str], dict[str, str]]:
+    """The columns a flagged sequence names, by (table, column), with their labels."""
+    return {
+        (dict(ls)["tablename"], dict(ls)["attname"]): dict(ls)
+        for (name, ls), v in samples.items()
+        if name == "pg_sequences_column_used_ratio" and dict(ls)["relname"] == sequence
+    }
+
+
+def test_domains_arrays_identities_and_partitions(postgres: LocalPostgres, database: str) -> None:
+    dsn = postgres.dsn(database)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(DISGUISED)
+    samples = collect(dsn, database, "sequences")
+    ratio = pytest.approx(NEAR / INT4_MAX, abs=1e-6)
+    # Measured against the integer underneath the domain, not against the bigint sequence.
+    for sequence in ("shared", "tickets_id_seq", "orders_id_seq"):
+        assert used(samples, sequence) == ratio, sequence
+    assert used(samples, "small_id_seq") == pytest.approx(99 / 32766, abs=1e-9)
+    # Every column that overflows before a bigint would, each named; not audit.id or plain.id.
+    shared = overflowing(samples, "shared")
+    assert set(shared) == {("accounts", "id"), ("audit", "refs")}
+    assert shared["accounts", "id"]["atttype"] == "app_id"
+    assert shared["accounts", "id"]["basetype"] == "integer"
+    assert shared["audit", "refs"]["basetype"] == "integer[]"
+    assert {c["sequence_type"] for c in shared.values()} == {"bigint"}
+    # The partitions are named, each with the table whose ALTER TABLE widens it.
+    orders = overflowing(samples, "orders_id_seq")
+    assert set(orders) == {("orders", "id"), ("orders_2024", "id"), ("orders_2025", "id")}
+    assert {c["roottable"] for c in orders.values()} == {"orders"}
+    assert {c["sequence_type"] for c in orders.values()} == {"integer"}
+    assert set(overflowing(samples, "tickets_id_seq")) == {("tickets", "id")}
+    assert overflowing(samples, "small_id_seq") == {}  # not flagged: its columns not listed
+    values = [v for (n, _), v in samples.items() if n == "pg_sequences_column_used_ratio"]
+    assert values and all(v == ratio for v in values)

@@ -94,7 +94,7 @@ def test_passwords_appear_in_no_output(scram_postgres: LocalPostgres, tmp_path: 
         assert {t for t, v in up.items() if v == 0} == set(up) - {"right"}
         # A few more probe rounds, then every endpoint, a reload, and a clean stop.
         wait_for(lambda: len(daemon.lines_with("collector ran")) > 20, what="debug lines")
-        for path in ("/metrics", "/", "/healthz"):
+        for path in ("/metrics", "/", "/healthz", "/health", "/health.json"):
             outputs[path] = daemon.get(path) or ""
         daemon.hangup()
         wait_for(lambda: daemon.lines_with("config reloaded"), what="the reload")
@@ -103,6 +103,7 @@ def test_passwords_appear_in_no_output(scram_postgres: LocalPostgres, tmp_path: 
     outputs["stderr"] = daemon.log()
     assert "password authentication failed" in outputs["stderr"]  # the wrong ones were tried
     assert "wrong-uri — down" in outputs["/"]
+    assert "<h2>wrong-uri <span class='state down'>down</span></h2>" in outputs["/health"]
 
     once = subprocess.run(
         [sys.executable, "-m", "exporter", "once", "--config", str(config), "--log.level", "debug"],

@@ -204,13 +204,14 @@ def test_least_privilege_role(postgres: LocalPostgres) -> None:
             c: value(samples, "pg_exporter_collector_errors_total", collector=c) for c in MINE
         }
         assert errors == dict.fromkeys(MINE, 0)
-        # Listing pg_wal needs pg_monitor: reported, not failed every interval.
+        # Listing pg_wal needs pg_monitor: unavailable with the reason, not failed every
+        # interval.
         reason = [
             dict(labels)["reason"]
             for (name, labels), v in samples.items()
             if name == "pg_exporter_collector_available" and ("collector", "wal") in labels
         ]
-        assert reason == ["permission denied for function pg_ls_waldir"]
+        assert reason == [f"role is not a member of pg_monitor: GRANT pg_monitor TO {plain}"]
         assert value(samples, "pg_server_in_recovery") == 0
     finally:
         execute(

@@ -34,7 +34,7 @@ class OneCollector:
         self.registry = TargetRegistry()
         self.target = self.registry.add(config.targets[0])
         self.probe = ProbeJob(self.target, self.store)
-        self.job = CollectorJob(self.target, collector, self.store, max_age=600)
+        self.job = CollectorJob(self.target, collector, self.store, max_age_intervals=60)
 
     def run(self) -> Samples:
         self.probe()
@@ -290,7 +290,9 @@ def test_pg_monitor_sees_every_role(server: LocalPostgres, app_db: str) -> None:
 
     # Without pg_read_all_stats other roles' statements have no queryid: unavailable, not partial.
     samples = collect(server.dsn(user="stmt_nobody"), "statements")
-    assert reason(samples, "statements") == "role is not a member of pg_read_all_stats"
+    assert reason(samples, "statements") == (
+        "role is not a member of pg_read_all_stats: GRANT pg_monitor TO stmt_nobody"
+    )
 
 
 def test_statement_text_masks_secrets_in_every_quoting_form(

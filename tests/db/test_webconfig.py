@@ -130,8 +130,8 @@ def test_basic_auth_over_tls(
         return value(parse_exposition(body.decode()), "pg_up", target="pg") == 1
 
     wait_for(collected, what="pg_up over HTTPS with basic auth")
-    # As exporter-toolkit does, every path is protected, /healthz and the landing page too.
-    for path in ("/healthz", "/"):
+    # As exporter-toolkit does, every path is protected, /healthz and the pages too.
+    for path in ("/healthz", "/", "/health", "/health.json"):
         assert get(f"https://127.0.0.1:{port}{path}", context=context)[0] == 401
         status, _ = get(
             f"https://127.0.0.1:{port}{path}",

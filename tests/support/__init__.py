@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
 from exporter.demo.embedded import LocalPostgres
-from exporter.units import parse_duration
+from exporter.units import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,12 +54,14 @@ def free_port() -> int:
 
 def tool(name: str, package: str) -> str:
     """The path of a program the tests drive (promtool, amtool...). Missing is a failure, not a
-    skip: a suite that silently skips its real-tool checks proves nothing. `.ci/run` installs
-    them all."""
+    skip: a suite that silently skips its real-tool checks proves nothing. `make test` unpacks
+    them all into .cache/tools."""
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"{name} is not installed: apt-get install {package} (as .ci/run does)", pytrace=False
+            f"{name} is not installed: `make test` unpacks it into .cache/tools "
+            f"(or run .ci/install-tools.sh {package})",
+            pytrace=False,
         )
     return path
 
@@ -128,7 +130,10 @@ def exporter_config(
     collectors: dict[str, Any] = {}
     for name, spec in builtin_specs().items():
         if name in FAST_COLLECTORS or all_collectors:
-            collectors[name] = {"interval": interval, "timeout": min(spec.timeout, seconds)}
+            collectors[name] = {
+                "interval": interval,
+                "timeout": format_duration(min(spec.timeout, seconds)),
+            }
     collectors.update(extra.pop("collectors", {}))
     raw = {
         "up_interval": interval,

@@ -1,10 +1,11 @@
 """A throwaway PgBouncer in front of a LocalPostgres, for tests.
 
-The real binary (Debian's `pgbouncer` package, /usr/sbin/pgbouncer; PGBOUNCER names another)
-runs in the foreground on a free 127.0.0.1 port with a config in its own temporary directory.
-PgBouncer refuses to run as root, so as root it runs as `nobody` (or PG_RUN_AS), like the
-PostgreSQL fixtures. Readiness is awaited by connecting with a deadline; stop() shuts it down
-and cleanup() also removes the directory.
+The real binary (Debian's `pgbouncer` package, which `make test` unpacks into .cache/tools;
+PGBOUNCER names another) runs in the foreground on a free 127.0.0.1 port with a config in its
+own temporary directory. PgBouncer refuses to run as root, so as root it switches to `nobody`
+(or PG_RUN_AS) itself (`-u`), like the PostgreSQL fixtures run as that user; the binary need
+not be reachable by that user (a checkout under root's 0700 home). Readiness is awaited by
+connecting with a deadline; stop() shuts it down and cleanup() also removes the directory.
 
 Users (trust authentication, listed in the auth_file): `postgres` is an admin of the console
 and reaches PostgreSQL as its superuser; `monitor` is only a stats user, the least privilege
@@ -54,12 +55,11 @@ def pgbouncer_binary() -> str | None:
     )
 
 
-def _run_as() -> tuple[int, int] | None:
-    """(uid, gid) of the unprivileged user PgBouncer runs as when we are root."""
+def _run_as() -> pwd.struct_passwd | None:
+    """The unprivileged user PgBouncer runs as when we are root."""
     if os.geteuid() != 0:
         return None
-    entry = pwd.getpwnam(os.environ.get("PG_RUN_AS") or "nobody")
-    return entry.pw_uid, entry.pw_gid
+    return pwd.getpwnam(os.environ.get("PG_RUN_AS") or "nobody")
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
@@ -102,7 +102,10 @@ class LocalPgBouncer:
     ) -> None:
         found = binary or pgbouncer_binary()
         if found is None:
-            raise PgBouncerError("pgbouncer is not installed (apt-get install pgbouncer)")
+            raise PgBouncerError(
+                "pgbouncer is not installed: `make test` unpacks it into .cache/tools "
+                "(or run .ci/install-tools.sh pgbouncer)"
+            )
         self.binary = found
         self.postgres = postgres
         self.databases = dict(databases)
@@ -111,7 +114,7 @@ class LocalPgBouncer:
         self._run_as = _run_as()
         self.directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
         if self._run_as is not None:
-            os.chown(self.directory, *self._run_as)
+            os.chown(self.directory, self._run_as.pw_uid, self._run_as.pw_gid)
         self.directory.chmod(0o700)
         self.log_path = self.directory / "pgbouncer.log"
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -215,24 +218,22 @@ class LocalPgBouncer:
         path = self.directory / name
         path.write_text(text, encoding="utf-8")
         if self._run_as is not None:
-            os.chown(path, *self._run_as)
+            os.chown(path, self._run_as.pw_uid, self._run_as.pw_gid)
         path.chmod(0o600)
 
     def _launch_and_wait(self) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        kwargs: dict[str, Any] = {}
+        argv = [self.binary, str(self.directory / "pgbouncer.ini")]
         if self._run_as is not None:
-            uid, gid = self._run_as
-            kwargs = {"user": uid, "group": gid, "extra_groups": []}
+            argv[1:1] = ["-u", self._run_as.pw_name]  # it switches after loading its libraries
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(
-                [self.binary, str(self.directory / "pgbouncer.ini")],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 start_new_session=True,  # a Ctrl-C of pytest is not also PgBouncer's
-                **kwargs,
             )
         self._processes.append(process)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS

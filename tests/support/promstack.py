@@ -1,7 +1,7 @@
 """A real Prometheus and Alertmanager for end-to-end tests, and a webhook receiver.
 
-The binaries are Debian's (`prometheus`, `prometheus-alertmanager`; PROMETHEUS and
-ALERTMANAGER name others). Each runs in the foreground on a free 127.0.0.1 port with its
+The binaries are Debian's (`prometheus`, `prometheus-alertmanager`, which `make test` unpacks
+into .cache/tools). Each runs in the foreground on a free 127.0.0.1 port with its
 config and storage in a temporary directory of its own; readiness is awaited on its
 `/-/ready` endpoint with a deadline, and a process that exits early fails at once with the
 tail of its log.
@@ -147,7 +147,8 @@ class LocalAlertmanager(_Process):
         found = binary or find_binary("prometheus-alertmanager", "alertmanager")
         if found is None:
             raise StackError(
-                "alertmanager is not installed (apt-get install prometheus-alertmanager)"
+                "alertmanager is not installed: `make test` unpacks it into .cache/tools "
+                "(or run .ci/install-tools.sh prometheus-alertmanager)"
             )
         super().__init__(found)
         config = {
@@ -189,7 +190,10 @@ class LocalPrometheus(_Process):
     ) -> None:
         found = binary or find_binary("prometheus")
         if found is None:
-            raise StackError("prometheus is not installed (apt-get install prometheus)")
+            raise StackError(
+                "prometheus is not installed: `make test` unpacks it into .cache/tools "
+                "(or run .ci/install-tools.sh prometheus)"
+            )
         super().__init__(found)
         config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},

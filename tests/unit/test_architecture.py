@@ -39,8 +39,12 @@ def test_the_package_keeps_its_layers() -> None:
     [
         # A lower layer reaching up: the store asking the collection jobs for something.
         ("exposition/store.py", "import exporter.collection.jobs", "Layers"),
+        # The report reaching up into the web layer, which now sits above it.
+        ("report/build.py", "import exporter.web.health", "Layers"),
         # The daemon loading the demo.
         ("app.py", "import exporter.demo.workload", "never loads the demo"),
+        # The HTTP server (loaded by the daemon) loading the report's text formatting.
+        ("web/server.py", "import exporter.report.format", "never loads the demo"),
     ],
 )
 def test_an_import_against_the_layers_is_caught(

@@ -48,6 +48,10 @@ BAD_CONFIGS = [
         {"targets": [{**TARGET, "connect_timeout": "soon"}]},
         "targets.0.connect_timeout: expected a duration",
     ),
+    (
+        {"targets": [{**TARGET, "database_time_budget": "lots"}]},
+        "targets.0.database_time_budget: expected database time per minute",
+    ),
     ({"targets": []}, "targets: give at least one target"),
     ({}, "targets: Field required"),
     ({"targets": [TARGET, TARGET]}, "targets: duplicate target name(s): main"),
@@ -218,6 +222,43 @@ BAD_COLLECTORS: list[tuple[dict[str, Any], str]] = [
         "label name 'target' is reserved",
     ),
     (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "__kind": "label"}}]},
+        "metrics.__kind: label names beginning with __ are reserved by Prometheus",
+    ),
+    (
+        {
+            "queries": [
+                {
+                    "sql": "SELECT 1",
+                    "metrics": {
+                        "x": "gauge",
+                        "nspname": {"usage": "label", "name": "relname"},
+                        "relname": "label",
+                    },
+                }
+            ]
+        },
+        "metrics.relname: publishes the label 'relname' as metrics.nspname does",
+    ),
+    (
+        {"queries": [{"sql": "SELECT 1", "metrics": {"x": "gauge", "datname": "label"}}]},
+        "metrics.datname: label name 'datname' is the exporter's own",
+    ),
+    (
+        {
+            "queries": [
+                {
+                    "sql": "SELECT 1",
+                    "metrics": {
+                        "x": {"usage": "gauge", "aliases": ["old"]},
+                        "y": {"usage": "gauge", "aliases": ["old"]},
+                    },
+                }
+            ]
+        },
+        "metrics.y.aliases: 'old' also stands for metrics.x",
+    ),
+    (
         {"scope": "server", "databases": ["app"]},
         "databases: only for collectors with scope: database",
     ),
@@ -358,3 +399,141 @@ def test_cli_exits_2_naming_the_key(
     path.write_text(yaml.safe_dump(raw))
     assert main(["check-config", "--config", str(path)]) == 2
     assert expected in capsys.readouterr().err
+
+
+UNKNOWN = "Extra inputs are not permitted"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"targets": [{**TARGET, "max_conections": 3}]},
+            f"targets.0.max_conections: {UNKNOWN} (did you mean `max_connections`?)",
+        ),
+        (
+            {"targets": [TARGET], "colectors": {}},
+            f"colectors: {UNKNOWN} (did you mean `collectors`?)",
+        ),
+        (
+            {"targets": [{**TARGET, "databases": {"exlude": ["x"]}}]},
+            f"targets.0.databases.exlude: {UNKNOWN} (did you mean `exclude`?)",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"tables": {"intreval": "5m"}}},
+            f"collectors.tables.intreval: {UNKNOWN} (did you mean `interval`?)",
+        ),
+        (
+            {
+                "targets": [TARGET],
+                "collectors": {
+                    "mine": {
+                        "help": "x",
+                        "queries": [
+                            {"sql": "SELECT 1 AS x", "metrics": {"x": "gauge"}, "limt": {}}
+                        ],
+                    }
+                },
+            },
+            f"collectors.mine.queries.0.limt: {UNKNOWN} (did you mean `limit`?)",
+        ),
+        # Nothing close: no guess.
+        ({"targets": [{**TARGET, "zzzz": 1}]}, f"targets.0.zzzz: {UNKNOWN}"),
+    ],
+)
+def test_unknown_key_suggests_the_closest(raw: object, expected: str) -> None:
+    assert expected in problems_of(raw)
+
+
+def test_unknown_web_config_key_suggests_the_closest(tmp_path: Path) -> None:
+    from exporter.web.config import load_web_config  # noqa: PLC0415
+
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config:\n  cert_fil: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    expected = f"{path}: tls_server_config.cert_fil: {UNKNOWN} (did you mean `cert_file`?)"
+    assert expected in caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"targets": [TARGET], "up_interval": 15000},
+            "up_interval: 15000 has no unit: write `15s` (`15000ms`) for milliseconds or "
+            "`15000s` for seconds",
+        ),
+        (
+            {"targets": [{**TARGET, "connect_timeout": "5"}]},
+            "targets.0.connect_timeout: 5 has no unit: write `5ms` for milliseconds or `5s`",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"tables": {"interval": 300}}},
+            "collectors.tables.interval: 300 has no unit",
+        ),
+        (
+            {"targets": [TARGET], "collectors": {"migrations": {**CUSTOM, "timeout": 2}}},
+            "collectors.migrations.timeout: 2 has no unit",
+        ),
+        (
+            {
+                "targets": [TARGET],
+                "collectors": {
+                    "migrations": {
+                        **CUSTOM,
+                        "queries": [{**CUSTOM["queries"][0], "interval": 60}],
+                    }
+                },
+            },
+            "collectors.migrations.queries.0.interval: 60 has no unit",
+        ),
+    ],
+)
+def test_a_duration_without_a_unit_is_an_error(raw: object, expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(raw)), problems_of(raw)
+
+
+def test_durations_with_units_are_still_accepted_everywhere() -> None:
+    config = parse_config(
+        {
+            "targets": [{**TARGET, "connect_timeout": "1500ms", "lock_timeout": "2s"}],
+            "up_interval": "1m",
+            "collectors": {"tables": {"interval": "5m", "timeout": "30s"}},
+        }
+    )
+    assert (config.up_interval, config.targets[0].connect_timeout) == (60.0, 1.5)
+    assert (config.collector("tables").spec.interval, config.collector("tables").spec.timeout) == (
+        300.0,
+        30.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("collectors", "expected"),
+    [
+        (
+            {"tabels": {"interval": "5m"}},
+            "collectors.tabels: no built-in collector named tabels (did you mean tables?)",
+        ),
+        (
+            {"conections": None},
+            "collectors.conections: no built-in collector named conections "
+            "(did you mean connections?)",
+        ),
+        (
+            {"nothing_like_it": {"enabled": False}},
+            "collectors.nothing_like_it: no built-in collector named nothing_like_it; a custom "
+            "collector needs `help` and `queries`",
+        ),
+    ],
+)
+def test_misspelt_builtin_collector_is_named_as_such(
+    collectors: dict[str, Any], expected: str
+) -> None:
+    assert problems_of({"targets": [TARGET], "collectors": collectors}) == [expected]
+
+
+def test_a_custom_collector_missing_a_part_is_still_reported_as_one() -> None:
+    found = problems_of({"targets": [TARGET], "collectors": {"tabels": {"help": "Mine."}}})
+    assert found == ["collectors.tabels.queries: Field required"]

@@ -11,20 +11,24 @@ from collections.abc import Iterator
 
 import pytest
 
+from exporter.config import parse_config
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.status import Reachability
+from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
 from exporter.web.server import HEAD_TIMEOUT, MetricsServer, accepts_gzip
 
 pytestmark = pytest.mark.any_major
+
+CONFIG = parse_config({"targets": [{"name": "pg", "dsn": "host=db.example dbname=app"}]})
 
 
 @pytest.fixture
 def port() -> Iterator[int]:
     store = Store(self_metrics=self_metrics)
     store.publish_target("pg", Reachability(up=True, server_version="18.0", seq=1))
-    server = MetricsServer(store, LandingPage(target_dsns={}), "127.0.0.1:0")
+    server = MetricsServer(store, LandingPage(target_dsns={}), HealthPage(CONFIG), "127.0.0.1:0")
     server.start()
     yield server.port
     server.shutdown()
@@ -148,7 +152,9 @@ def test_at_the_cap_the_oldest_silent_client_makes_room() -> None:
     """A new connection pushes out the oldest one still sending its request, so a scrape gets
     in however many silent clients came first."""
     store = Store(self_metrics=self_metrics)
-    server = MetricsServer(store, LandingPage(target_dsns={}), "127.0.0.1:0", max_connections=4)
+    server = MetricsServer(
+        store, LandingPage(target_dsns={}), HealthPage(CONFIG), "127.0.0.1:0", max_connections=4
+    )
     server.start()
     silent: list[socket.socket] = []
     try:

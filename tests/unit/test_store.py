@@ -2,15 +2,23 @@
 
 import datetime as dt
 import gzip
+import random
 from decimal import Decimal
 
 import pytest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from exporter.catalogue import Collector, CollectorSpec
 from exporter.collection.run import to_families
 from exporter.errors import CollectorFailed
-from exporter.exposition.render import render
+from exporter.exposition.render import (
+    FamilyWriter,
+    go_float,
+    label_set,
+    merge_families,
+    render,
+)
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.status import CollectorStatus, Reachability, State
@@ -69,7 +77,7 @@ def test_rows_become_families() -> None:
     ]
     columns = ["datname", "size", "calls", "time", "reset", "note"]
     families = to_families(COLLECTOR, QUERY, columns, rows, {"target": "t"})
-    text = b"".join(f.header + f.samples for f in render(families)).decode()
+    text = b"".join(f.header + f.samples for f in families).decode()
     samples = parse_exposition(text)
     assert value(samples, "pg_demo_size_bytes", datname="app") == 10
     assert value(samples, "pg_demo_size_bytes", datname="other") is None  # NULL: no sample, not 0
@@ -93,8 +101,7 @@ def test_duplicate_label_sets_are_an_error_not_a_broken_scrape() -> None:
 def test_families_of_many_parts_share_one_header() -> None:
     store = Store(self_metrics=self_metrics)
     for target in ("a", "b"):
-        parts = {"": render([gauge("pg_demo_x", target, 1)])}
-        store.publish(target, "demo", parts, OK, max_age=60)
+        store.publish(target, "demo", render([gauge("pg_demo_x", target, 1)]), OK, max_age=60)
     body = store.snapshot().body.decode()
     assert body.count("# TYPE pg_demo_x gauge") == 1
     samples = parse_exposition(body)  # the parser rejects a family split in two
@@ -104,7 +111,7 @@ def test_families_of_many_parts_share_one_header() -> None:
 
 def test_snapshot_is_cached_until_something_changes() -> None:
     store = Store(self_metrics=self_metrics)
-    store.publish("a", "demo", {"": render([gauge("pg_demo_x", "a", 1)])}, OK, max_age=60)
+    store.publish("a", "demo", render([gauge("pg_demo_x", "a", 1)]), OK, max_age=60)
     first = store.snapshot()
     assert store.snapshot() is first
     assert first.gzipped() is first.gzipped()
@@ -117,7 +124,7 @@ def test_stale_parts_leave_the_exposition() -> None:
     clock = FakeClock()
     store = Store(self_metrics=self_metrics, clock=clock)
     store.publish_target("a", Reachability(up=True, seq=1))
-    store.publish("a", "demo", {"": render([gauge("pg_demo_x", "a", 1)])}, OK, max_age=45)
+    store.publish("a", "demo", render([gauge("pg_demo_x", "a", 1)]), OK, max_age=45)
     assert b"pg_demo_x{" in store.snapshot().body
     clock.now += 44.9
     assert b"pg_demo_x{" in store.snapshot().body
@@ -130,8 +137,8 @@ def test_stale_parts_leave_the_exposition() -> None:
 def test_a_run_replaces_the_parts_of_every_database() -> None:
     store = Store(self_metrics=self_metrics)
     parts = {db: render([gauge("pg_demo_x", db, 1)]) for db in ("app", "gone")}
-    store.publish("a", "demo", parts, OK, max_age=60)
-    store.publish("a", "demo", {"app": parts["app"]}, OK, max_age=60)
+    store.publish("a", "demo", merge_families(parts.values()), OK, max_age=60)
+    store.publish("a", "demo", parts["app"], OK, max_age=60)
     body = store.snapshot().body
     assert b'target="app"' in body
     assert b'target="gone"' not in body
@@ -141,7 +148,7 @@ def test_self_metrics() -> None:
     store = Store(self_metrics=self_metrics)
     store.publish_target("a", Reachability(up=False, message="connection refused", seq=1))
     unavailable = CollectorStatus(state=State.UNAVAILABLE, message="no extension")
-    store.publish("a", "demo", {}, unavailable, max_age=60)
+    store.publish("a", "demo", (), unavailable, max_age=60)
     ok = CollectorStatus(state=State.OK, last_success=5.0, series=3)
     store.publish("a", "ok", None, ok, max_age=60)
     samples = parse_exposition(store.snapshot().body.decode())
@@ -159,8 +166,8 @@ def test_self_metrics() -> None:
 def test_forget_collector_removes_its_data_and_status_only() -> None:
     store = Store(self_metrics=self_metrics)
     for collector in ("gone", "kept"):
-        parts = {"app": render([gauge(f"pg_{collector}_x", "app", 1)])}
-        store.publish("a", collector, parts, OK, max_age=60)
+        families = render([gauge(f"pg_{collector}_x", "app", 1)])
+        store.publish("a", collector, families, OK, max_age=60)
     store.publish_target("a", Reachability(up=True, seq=1))
     store.forget("a", "gone")
     samples = parse_exposition(store.snapshot().body.decode())
@@ -181,3 +188,61 @@ def test_an_older_finding_about_a_target_never_overwrites_a_newer_one() -> None:
     assert store.targets()["a"].reach == seen_up
     samples = parse_exposition(store.snapshot().body.decode())
     assert value(samples, "pg_up", target="a") == 1
+
+
+@pytest.mark.parametrize("counter", [False, True])
+def test_text_written_directly_is_prometheus_clients_text(counter: bool) -> None:
+    """The rows-to-text path writes byte for byte what prometheus_client would."""
+    hostile = ["plain", 'quote " and \\ backslash', "new\nline", "", "ünïcødé", "tab\there"]
+    values = [0.0, 1.0, -2.5, 1e20, 12345678901234.0, 0.1, float("inf"), float("nan")]
+    help_text = "help with \\ and\nnewline"
+    family_type = CounterMetricFamily if counter else GaugeMetricFamily
+    expected = family_type("pg_demo_x", help_text, labels=["relname", "target"])
+    writer = FamilyWriter("pg_demo_x_total" if counter else "pg_demo_x", help_text, counter=counter)
+    for name, number in zip(hostile, values, strict=False):
+        expected.add_metric([name, "t"], number)
+        writer.add(label_set(["relname", "target"], [name, "t"]), number)
+    [reference] = render([expected])
+    mine = writer.rendered()
+    assert (mine.name, mine.header, mine.samples, mine.series) == (
+        reference.name,
+        reference.header,
+        reference.samples,
+        reference.series,
+    )
+
+
+def whole_body_gzip(body: bytes) -> int:
+    return len(gzip.compress(body, compresslevel=6))
+
+
+def test_one_target_gzips_about_as_well_as_the_whole_body() -> None:
+    """Parts compressed in context: the gzip body is within 1.3x of compressing it whole."""
+    store = Store(self_metrics=self_metrics)
+    for collector in ("alpha", "beta", "gamma"):
+        families = [gauge(f"pg_{collector}_m{i}", "a", i) for i in range(40)]
+        store.publish("a", collector, render(families), OK, max_age=60)
+    snapshot = store.snapshot()
+    assert gzip.decompress(snapshot.gzipped()) == snapshot.body
+    assert len(snapshot.gzipped()) <= 1.3 * whole_body_gzip(snapshot.body)
+
+
+def test_families_shared_by_targets_still_make_a_valid_gzip_body() -> None:
+    store = Store(self_metrics=self_metrics)
+    for target in ("a", "b", "c"):
+        families = [gauge(f"pg_demo_m{i}", target, i) for i in range(10)]
+        store.publish(target, "demo", render(families), OK, max_age=60)
+    snapshot = store.snapshot()
+    assert gzip.decompress(snapshot.gzipped()) == snapshot.body
+    samples = parse_exposition(snapshot.body.decode())  # one header per family
+    assert value(samples, "pg_demo_m3", target="c") == 3
+
+
+def test_floats_are_spelled_as_prometheus_client_spells_them() -> None:
+    rng = random.Random(7)
+    values = [0.0, -0.0, 1.0, -1.0, 0.1, 1e-9, 123456.0, 1234567.0, -1234567.0, 2**53, 1e300]
+    values += [rng.uniform(-1e12, 1e12) for _ in range(500)]
+    values += [10 ** rng.uniform(-20, 20) for _ in range(500)]
+    values += [float("inf"), float("-inf"), float("nan")]
+    for number in values:
+        assert go_float(number) == floatToGoString(number), number  # type: ignore[no-untyped-call]

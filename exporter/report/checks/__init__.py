@@ -17,7 +17,7 @@ docs/report.md; keep that table in step with `Thresholds` (checks/base.py).
 from collections.abc import Mapping
 
 from exporter.report.checks import capacity, connections, indexes, maintenance, statements
-from exporter.report.checks.base import Check, Context, Judge, Thresholds
+from exporter.report.checks.base import Check, Context, Judge, Thresholds, ident
 from exporter.report.findings import Finding, Severity, TargetInfo
 
 __all__ = [
@@ -128,7 +128,6 @@ CHECKS: tuple[Check, ...] = (
         "Table bloat",
         ("bloat",),
         maintenance.bloat("table"),
-        "no table is bloated",
         params=_BLOAT_PARAMS,
     ),
     Check(
@@ -136,7 +135,6 @@ CHECKS: tuple[Check, ...] = (
         "Index bloat",
         ("bloat",),
         maintenance.bloat("index"),
-        "no index is bloated",
         params=_BLOAT_PARAMS,
     ),
     Check(
@@ -222,6 +220,28 @@ def judge(ctx: Context) -> list[Finding]:
         if check.judge is None:
             continue
         statuses = [ctx.statuses.get(name) for name in check.needs]
+        lacking = sorted(
+            {
+                role
+                for name, status in zip(check.needs, statuses, strict=True)
+                if status is not None and status.state == "unavailable"
+                for role in ctx.missing_roles(name)
+            }
+        )
+        if lacking:
+            # Not "ok": what the role may see would be part of the truth, so nothing is judged.
+            grant = ctx.grant(lacking)
+            found.append(
+                ctx.finding(
+                    check.name,
+                    Severity.INFO,
+                    f"cannot judge: {grant.removesuffix(';')}",
+                    detail=f"The exporter's role lacks {', '.join(lacking)}: it would see only "
+                    "part of what this check judges, so the collector it needs does not run.",
+                    fix=grant,
+                )
+            )
+            continue
         if any(status is None or status.state != "ok" for status in statuses):
             continue  # not for this target type, or reported by _collector_problems
         results = check.judge(ctx)
@@ -237,7 +257,18 @@ def judge(ctx: Context) -> list[Finding]:
 def _collector_problems(ctx: Context) -> list[Finding]:
     """Collectors that failed, cannot run here, or are switched off though a check needs them."""
     needed = {name for check in CHECKS for name in check.needs}
-    found = []
+    found = [
+        ctx.finding(
+            "collectors",
+            Severity.INFO,
+            f"cannot visit database {database}: the role may not connect to it",
+            database=database,
+            detail="Per-database collectors skip it, so none of its tables, indexes or "
+            "sequences are judged.",
+            fix=f"GRANT CONNECT ON DATABASE {ident(database)} TO {ctx.role};",
+        )
+        for database in ctx.forbidden_databases
+    ]
     for name, collector in sorted(ctx.catalogue.items()):
         if collector.spec.target_type != ctx.target_type:
             continue
@@ -258,12 +289,14 @@ def _collector_problems(ctx: Context) -> list[Finding]:
         if status.state == "unavailable":
             if name == "statements":
                 continue  # the pg_stat_statements check explains it, with the fix
+            lacking = ctx.missing_roles(name)
             found.append(
                 ctx.finding(
                     "collectors",
                     Severity.INFO,
                     f"{name} cannot run here: {status.message}",
                     object=name,
+                    fix=ctx.grant(lacking) if lacking else None,
                 )
             )
         else:

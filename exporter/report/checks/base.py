@@ -8,13 +8,15 @@ Thresholds are documented in docs/report.md; keep that table in step with `Thres
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.catalogue import Collector
 from exporter.report.findings import Finding, Severity, Value
 from exporter.report.samples import Sample, Samples
 from exporter.status import CollectorStatus
+from exporter.targets import ServerFacts
+from exporter.units import human_milliseconds
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ class Thresholds:
         return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+# pg_monitor and the predefined roles it is a member of: one GRANT pg_monitor gives any of them.
+IN_PG_MONITOR = frozenset(
+    {"pg_monitor", "pg_read_all_settings", "pg_read_all_stats", "pg_stat_scan_tables"}
+)
+
+
 @dataclass(frozen=True)
 class Context:
     """One target's samples and what the report knows about how they were collected."""
@@ -56,6 +64,30 @@ class Context:
     statuses: Mapping[str, CollectorStatus]  # the collectors that ran on this target
     # The exporter's own role when it is a monitoring role: its statements are left out.
     monitoring_role: str | None = None
+    # What the probe found: the role connected as and what it may see (None: not probed).
+    facts: ServerFacts | None = None
+    # Databases the target's filter wants visited whose CONNECT the role lacks.
+    forbidden_databases: tuple[str, ...] = ()
+
+    @property
+    def role(self) -> str:
+        """The exporter's role as SQL writes it ("<the exporter's role>" when not known)."""
+        user = self.facts.user if self.facts is not None else ""
+        return ident(user) if user else "<the exporter's role>"
+
+    def missing_roles(self, collector: str) -> list[str]:
+        """The predefined roles a collector requires that the exporter's role lacks."""
+        spec = self.catalogue[collector].spec if collector in self.catalogue else None
+        if spec is None or self.facts is None:
+            return []
+        return [r for r in spec.requires.roles if not self.facts.has_role(r)]
+
+    def grant(self, roles: Iterable[str]) -> str:
+        """The GRANT that gives the exporter's role `roles`: pg_monitor covers those it has."""
+        wanted = sorted(set(roles))
+        if set(wanted) <= IN_PG_MONITOR:
+            wanted = ["pg_monitor"]
+        return f"GRANT {', '.join(wanted)} TO {self.role};"
 
     def param(self, collector: str, name: str) -> float:
         return float(self.catalogue[collector].spec.params[name])
@@ -129,6 +161,11 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def literal(text: str) -> str:
+    """A string as an SQL literal (standard_conforming_strings, on since PostgreSQL 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def qualified(schema: str, name: str) -> str:
     return f"{ident(schema)}.{ident(name)}"
 
@@ -144,7 +181,7 @@ def human_bytes(value: float) -> str:
 
 def human_seconds(value: float) -> str:
     if value < 1:
-        return f"{value * 1000:.0f} ms"
+        return human_milliseconds(value)  # never `0 ms` for a real sub-millisecond value
     if value < 120:
         return f"{value:.1f} s"
     if value < 7200:

@@ -3,8 +3,17 @@
 And the schema inventory: how many objects, and how much disk, each database has.
 """
 
-from exporter.report.checks.base import Context, human_bytes, level, percent, relation
+from exporter.report.checks.base import (
+    Context,
+    human_bytes,
+    ident,
+    level,
+    percent,
+    qualified,
+    relation,
+)
 from exporter.report.findings import Finding, Severity
+from exporter.report.samples import Sample
 
 # -- server-wide ------------------------------------------------------------------------------
 
@@ -23,6 +32,8 @@ def wraparound(ctx: Context) -> list[Finding]:
         if severity is None:
             continue
         kind = "transaction ID" if xid.value >= mxid else "multixact ID"
+        # template0 accepts no connections: no one can VACUUM in it, nor needs to.
+        closed = ctx.samples.get("pg_wraparound_allows_connections", datname=db) == 0
         found.append(
             ctx.finding(
                 "wraparound",
@@ -35,8 +46,18 @@ def wraparound(ctx: Context) -> list[Finding]:
                 + "; an age far beyond it means vacuum cannot freeze old rows, usually because "
                 "a long transaction, a prepared transaction or a replication slot holds back "
                 "the xmin horizon (see pg_xmin_horizon_age).",
-                advice="Remove what holds the horizon back, then run VACUUM (FREEZE) in "
-                f"database {db}, largest and oldest tables first.",
+                fix=None if closed else "VACUUM (FREEZE);",
+                advice=(
+                    f"{db} accepts no connections, so no VACUUM can be run in it (and none is "
+                    "needed: its rows are frozen): autovacuum advances its age on its own once "
+                    "it passes autovacuum_freeze_max_age. If it stays old, check that autovacuum "
+                    "runs and what holds the xmin horizon back."
+                    if closed
+                    else "Remove what holds the horizon back, then run the VACUUM (FREEZE) "
+                    f"connected to database {db} (it freezes every table there; as a superuser, "
+                    "or the tables' owners' tables only), or table by table, largest and "
+                    "oldest first."
+                ),
                 values={
                     "xid_age": ctx.samples.get("pg_wraparound_xid_age", datname=db),
                     "xid_ratio": xid.value,
@@ -62,25 +83,100 @@ def sequences(ctx: Context) -> list[Finding]:
     found = []
     for s in ctx.samples.all("pg_sequences_used_ratio"):
         severity = level(s.value, t.sequence_warning, t.sequence_critical)
-        if severity is None:
-            continue
-        name = relation(s)
+        if severity is not None:
+            found.append(_sequence(ctx, s, severity))
+    for s in ctx.samples.all("pg_sequences_unreadable"):
+        schema = ident(s["schemaname"])
+        grant = f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {ctx.role};"
         found.append(
             ctx.finding(
                 "sequences",
-                severity,
-                f"{percent(s.value)} of its range is used",
+                Severity.INFO,
+                f"cannot judge {s.value:.0f} sequence(s) of schema {schema}: "
+                + grant.removesuffix(";"),
                 database=s["datname"],
-                object=name,
-                detail="Measured against the type of the column it feeds: when it runs out, "
-                "inserts fail.",
-                fix=f"ALTER SEQUENCE {name} AS bigint;",
-                advice="Widen the column it feeds too (ALTER TABLE ... ALTER COLUMN ... TYPE "
-                "bigint, which rewrites the table).",
-                values={"used_ratio": s.value},
+                object=schema,
+                detail="The exporter's role may not read their values, so how much of their "
+                "range is used is not known (nor the database's highest fraction).",
+                fix=grant,
+                advice="Run it as the sequences' owner or a superuser; ALTER DEFAULT PRIVILEGES "
+                "... GRANT SELECT ON SEQUENCES covers sequences created later. On PostgreSQL "
+                "14+ membership in pg_read_all_data also lets the role read them (and every "
+                "table).",
+                values={"sequences": s.value},
             )
         )
     return found
+
+
+def _sequence(ctx: Context, s: Sample, severity: Severity) -> Finding:
+    """A sequence near its limit, with what widens it: its columns, then itself."""
+    name = relation(s)
+    columns = ctx.samples.all(
+        "pg_sequences_column_used_ratio",
+        datname=s["datname"],
+        schemaname=s["schemaname"],
+        relname=s["relname"],
+    )
+    if not columns:
+        return ctx.finding(
+            "sequences",
+            severity,
+            f"{percent(s.value)} of its range is used",
+            database=s["datname"],
+            object=name,
+            detail="Measured against its own range and the types of the columns it feeds: "
+            "when it runs out, inserts fail.",
+            fix=f"ALTER SEQUENCE {name} AS bigint;",
+            advice="If it has an explicit MAXVALUE (MINVALUE when descending), raise that "
+            "instead: ALTER SEQUENCE ... AS bigint keeps it.",
+            values={"used_ratio": s.value},
+        )
+    # One ALTER TABLE per table the column is defined in; it widens partitions and children.
+    roots: dict[tuple[str, str, str], list[Sample]] = {}
+    for c in columns:
+        roots.setdefault((c["rootschema"], c["roottable"], c["attname"]), []).append(c)
+    # A serial's sequence is an integer one: widening its column alone changes nothing.
+    statements = (
+        [] if columns[0]["sequence_type"] == "bigint" else [f"ALTER SEQUENCE {name} AS bigint;"]
+    )
+    described = []
+    for (schema, table, column), fed in sorted(roots.items()):
+        root = qualified(schema, table)
+        wider = "bigint[]" if fed[0]["basetype"].endswith("[]") else "bigint"
+        statements.append(f"ALTER TABLE {root} ALTER COLUMN {ident(column)} TYPE {wider};")
+        declared = fed[0]["atttype"]
+        kind = declared if declared == fed[0]["basetype"] else f"{declared}, a {fed[0]['basetype']}"
+        inheriting = sorted(
+            qualified(c["tableschema"], c["tablename"])
+            for c in fed
+            if (c["tableschema"], c["tablename"]) != (schema, table)
+        )
+        described.append(
+            f"{root}.{ident(column)} ({kind})"
+            + (f" with its partitions or children {', '.join(inheriting)}" if inheriting else "")
+        )
+    return ctx.finding(
+        "sequences",
+        severity,
+        f"{percent(s.value)} of its range is used; {len(roots)} column(s) would overflow",
+        database=s["datname"],
+        object=name,
+        detail="Measured against the types of the columns it feeds, which overflow before "
+        f"the sequence does: {'; '.join(described)}. When the first one is full, inserts fail.",
+        fix="\n".join(statements),
+        advice="ALTER TABLE ... TYPE rewrites the table (and its partitions) under an ACCESS "
+        "EXCLUSIVE lock: plan it. A domain column becomes plain bigint (recreate the domain "
+        "over bigint to keep its constraints); a column in a partition key or used by a view "
+        "cannot be altered in place.",
+        values={
+            "used_ratio": s.value,
+            "columns": ", ".join(
+                f"{qualified(c['tableschema'], c['tablename'])}.{ident(c['attname'])}"
+                for c in columns
+            ),
+        },
+    )
 
 
 def migrations(ctx: Context) -> list[Finding]:

@@ -2,7 +2,7 @@
 and PgBouncer's pools (clients waiting for a server, databases at their connection limit).
 """
 
-from exporter.report.checks.base import Context, human_seconds, level, percent, same
+from exporter.report.checks.base import Context, human_seconds, level, literal, percent, same
 from exporter.report.findings import Finding, Severity
 from exporter.targets.sessions import APPLICATION_NAME
 
@@ -96,7 +96,8 @@ def idle_in_transaction(ctx: Context) -> list[Finding]:
                 "and keeps vacuum from removing rows changed since it began.",
                 fix=(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state LIKE "
-                    f"'idle in transaction%' AND datname = '{db}' AND now() - state_change > "
+                    f"'idle in transaction%' AND datname = {literal(db)} "
+                    "AND now() - state_change > "
                     f"interval '{t.idle_in_transaction_warning_seconds:.0f} seconds';"
                     if severity
                     else None

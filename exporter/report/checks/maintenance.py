@@ -2,6 +2,8 @@
 where it is only estimated), dead rows, and stale planner statistics.
 """
 
+import re
+
 from exporter.report.checks.base import (
     TABLE,
     Context,
@@ -12,7 +14,7 @@ from exporter.report.checks.base import (
     same,
     when,
 )
-from exporter.report.findings import Finding, Severity
+from exporter.report.findings import Finding, Severity, Value
 from exporter.report.samples import Sample
 
 _METHODS = {
@@ -26,6 +28,7 @@ def bloat(kind: str) -> Judge:
     check, name_label = (
         ("table_bloat", "relname") if kind == "table" else ("index_bloat", "indexrelname")
     )
+    what = "table" if kind == "table" else "index"
 
     def judge(ctx: Context) -> list[Finding]:
         flag_ratio = ctx.param("bloat", "flag_ratio")
@@ -37,52 +40,137 @@ def bloat(kind: str) -> Judge:
             if key not in best or s["method"] == "pgstattuple":
                 best[key] = (s["method"], s.value, s)
         found = []
-        for (db, _, _), (method, ratio, s) in sorted(best.items()):
-            size = same(
-                ctx.samples,
-                f"pg_bloat_{kind}_bytes",
-                s,
-                "datname",
-                "schemaname",
-                name_label,
-                "method",
-            )
-            if size is None or ratio < flag_ratio or size < flag_bytes:
+        largest: tuple[float, float, Sample] | None = None
+        for _, (method, ratio, s) in sorted(best.items()):
+            size = same(ctx.samples, f"pg_bloat_{kind}_bytes", s, *_BLOATED, name_label)
+            if size is None:
                 continue
-            name = relation(s, name_label)
-            if kind == "table":
-                fix = f"VACUUM (ANALYZE) {name};"
-                advice = (
-                    "VACUUM makes the space reusable by new rows but rarely gives it back to the "
-                    f"operating system; to shrink the table: VACUUM FULL {name} (an exclusive "
-                    "lock while it rewrites the table) or pg_repack."
-                )
-            else:
-                fix = f"REINDEX INDEX CONCURRENTLY {name};"
-                advice = ""
+            if ratio < flag_ratio or size < flag_bytes:
+                if largest is None or (size, ratio) > largest[:2]:
+                    largest = (size, ratio, s)
+                continue
             found.append(
-                ctx.finding(
+                _table_bloat(ctx, s, ratio, size)
+                if kind == "table"
+                else ctx.finding(
                     check,
                     Severity.WARNING,
                     f"{percent(ratio)} bloat ({human_bytes(size)}), {method}",
-                    database=db,
-                    object=name,
-                    detail=f"Space beyond what its live rows need, {_METHODS.get(method, method)}.",
-                    fix=fix,
-                    advice=advice,
+                    database=s["datname"],
+                    object=relation(s, name_label),
+                    detail=f"Space beyond what its entries need, {_METHODS.get(method, method)}.",
+                    fix=f"REINDEX INDEX CONCURRENTLY {relation(s, name_label)};",
                     values={"bloat_ratio": ratio, "bloat_bytes": size, "method": method},
                 )
             )
-        if kind == "table":
-            found.extend(_bloat_unmeasured(ctx))
+        found.extend(_bloat_unmeasured(ctx, check, "tables" if kind == "table" else "indexes"))
+        if not found:
+            # Not "no table is bloated": the thresholds decide, and the largest says how much.
+            threshold = f"{percent(flag_ratio)} and {human_bytes(flag_bytes)}"
+            found.append(
+                ctx.finding(
+                    check,
+                    Severity.OK,
+                    f"no {what} above the thresholds ({threshold})"
+                    + (
+                        f"; largest: {relation(largest[2], name_label)} {percent(largest[1])} "
+                        f"({human_bytes(largest[0])}, {largest[2]['method']})"
+                        if largest
+                        else f"; no {what} of at least "
+                        f"{human_bytes(ctx.param('bloat', 'min_bytes'))} was measured"
+                    ),
+                    database=largest[2]["datname"] if largest else None,
+                    values={"flag_ratio": flag_ratio, "flag_bytes": flag_bytes}
+                    | (
+                        {"largest_ratio": largest[1], "largest_bytes": largest[0]}
+                        if largest
+                        else {}
+                    ),
+                )
+            )
         return found
 
     return judge
 
 
-def _bloat_unmeasured(ctx: Context) -> list[Finding]:
-    """Databases where bloat is only estimated because pgstattuple is not installed."""
-    found = []
+_BLOATED = ("datname", "schemaname", "method")
+
+
+def _table_bloat(ctx: Context, s: Sample, ratio: float, size: float) -> Finding:
+    """A bloated table: what VACUUM can do depends on whether the bloat is dead rows or free
+    space, which pgstattuple tells apart (the estimate cannot)."""
+    name = relation(s)
+    method = s["method"]
+    dead = same(ctx.samples, "pg_bloat_table_dead_bytes", s, *_BLOATED, "relname")
+    free = same(ctx.samples, "pg_bloat_table_free_bytes", s, *_BLOATED, "relname")
+    values: dict[str, Value] = {
+        "bloat_ratio": ratio,
+        "bloat_bytes": size,
+        "method": method,
+        "dead_bytes": dead,
+        "free_bytes": free,
+    }
+    rewrite = (
+        f"VACUUM FULL {name} rewrites it compactly under an ACCESS EXCLUSIVE lock (no reads or "
+        "writes meanwhile); pg_repack does the same without blocking them."
+    )
+    if dead is not None and free is not None and free > dead:
+        return ctx.finding(
+            "table_bloat",
+            Severity.WARNING,
+            f"{percent(ratio)} bloat ({human_bytes(size)}), mostly free space, {method}",
+            database=s["datname"],
+            object=name,
+            detail=f"Space beyond what its live rows need, {_METHODS[method]}: "
+            f"{human_bytes(free)} free space and {human_bytes(dead)} dead rows. VACUUM will "
+            "not help: the space is already free for new rows, but the table does not shrink.",
+            fix=f"VACUUM FULL {name};",
+            advice=rewrite + " Worth it only if the table will not grow back into the space.",
+            values=values,
+        )
+    split = (
+        f": {human_bytes(dead)} dead rows and {human_bytes(free)} free space"
+        if dead is not None and free is not None
+        else ""
+    )
+    return ctx.finding(
+        "table_bloat",
+        Severity.WARNING,
+        f"{percent(ratio)} bloat ({human_bytes(size)})"
+        + (", mostly dead rows" if split else "")
+        + f", {method}",
+        database=s["datname"],
+        object=name,
+        detail=f"Space beyond what its live rows need, {_METHODS.get(method, method)}{split}.",
+        fix=f"VACUUM (ANALYZE) {name};",
+        advice="VACUUM makes the dead rows' space reusable by new rows but rarely gives it back "
+        f"to the operating system; to shrink the table: {rewrite}",
+        values=values,
+    )
+
+
+def _bloat_unmeasured(ctx: Context, check: str, relations: str) -> list[Finding]:
+    """Databases where bloat is not measured with pgstattuple because the role may not run it,
+    and (tables) where it is only estimated because pgstattuple is not installed."""
+    found = [
+        ctx.finding(
+            check,
+            Severity.INFO,
+            f"cannot judge {s.value:.0f} {relations} with pgstattuple: "
+            + ctx.grant(["pg_stat_scan_tables"]).removesuffix(";"),
+            database=s["datname"],
+            detail="pgstattuple's functions are granted to pg_stat_scan_tables (part of "
+            "pg_monitor); estimates are published only where the planner's statistics are "
+            "fresh, complete and readable.",
+            fix=ctx.grant(["pg_stat_scan_tables"]),
+            values={relations: s.value},
+        )
+        for s in ctx.samples.all(
+            f"pg_bloat_{relations}_unmeasured", method="pgstattuple", reason="no_privilege"
+        )
+    ]
+    if check != "table_bloat":
+        return found
     for s in ctx.samples.all(
         "pg_bloat_tables_unmeasured", method="pgstattuple", reason="not_installed"
     ):
@@ -101,13 +189,18 @@ def _bloat_unmeasured(ctx: Context) -> list[Finding]:
     return found
 
 
+def _temporary(s: Sample) -> bool:
+    """Another session's temporary table: only that session can VACUUM or ANALYZE it."""
+    return re.match(r"pg_(toast_)?temp_\d+$", s["schemaname"]) is not None
+
+
 def vacuum(ctx: Context) -> list[Finding]:
     minimum = ctx.param("tables", "dead_tuples_min")
     share = ctx.param("tables", "dead_tuples_ratio")
     found = []
     for s in ctx.samples.all("pg_tables_n_dead_tup"):
         live = same(ctx.samples, "pg_tables_n_live_tup", s, *TABLE) or 0.0
-        if s.value < minimum or s.value <= share * live:
+        if s.value < minimum or s.value <= share * live or _temporary(s):
             continue
         vacuums = [
             same(ctx.samples, f"pg_tables_{m}_timestamp_seconds", s, *TABLE)
@@ -142,7 +235,11 @@ def analyze(ctx: Context) -> list[Finding]:
     found = []
     for s in ctx.samples.all("pg_tables_n_mod_since_analyze"):
         live = same(ctx.samples, "pg_tables_n_live_tup", s, *TABLE) or 0.0
-        if s.value < t.analyze_min_modifications or s.value <= t.analyze_modified_ratio * live:
+        if (
+            s.value < t.analyze_min_modifications
+            or s.value <= t.analyze_modified_ratio * live
+            or _temporary(s)
+        ):
             continue
         analyzes = [
             same(ctx.samples, f"pg_tables_{m}_timestamp_seconds", s, *TABLE)

@@ -66,13 +66,19 @@ def statements(ctx: Context) -> list[Finding]:
                     "statement_text collector, or look it up as below)."
                 )
                 + mine,
-                fix=None
-                if text
-                else f"SELECT query FROM pg_stat_statements WHERE queryid = {s['queryid']};",
-                advice="EXPLAIN (ANALYZE, BUFFERS) it with typical parameters and index or "
-                "rewrite what dominates its time."
-                if slow
-                else "",
+                # Finding its text fixes nothing: that goes in the advice, not in `fix`.
+                advice=(
+                    ""
+                    if text
+                    else "Its text: SELECT query FROM pg_stat_statements WHERE queryid = "
+                    f"{s['queryid']}; "
+                )
+                + (
+                    "EXPLAIN (ANALYZE, BUFFERS) it with typical parameters and index or "
+                    "rewrite what dominates its time."
+                    if slow
+                    else ""
+                ),
                 values={
                     "user": s["user"],
                     "calls": r.calls,
@@ -130,8 +136,8 @@ def pg_stat_statements(ctx: Context) -> list[Finding]:
     elif "extension" in reason:
         fix = "CREATE EXTENSION pg_stat_statements;"
         advice = "In the database the exporter connects to."
-    elif "pg_read_all_stats" in reason:
-        fix = "GRANT pg_monitor TO <the exporter's role>;"
+    elif lacking := ctx.missing_roles("statements"):
+        fix = ctx.grant(lacking)
         advice = "Without pg_read_all_stats other roles' statements have no queryid."
     else:
         fix, advice = None, ""
