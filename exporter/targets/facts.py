@@ -22,10 +22,10 @@ SELECT current_setting('server_version_num')::int AS version_num,
        ARRAY(SELECT extname::text FROM pg_extension) AS extensions,
        -- Databases to visit: not templates, accepting connections, and not left invalid by
        -- an interrupted DROP DATABASE (datconnlimit -2, PG 16+); with whether CONNECT is
-       -- granted to us (GRANT CONNECT ON DATABASE ... if not). Names as their bytes (text to
-       -- bytea converts nothing): a name in another encoding than UTF-8 cannot be given to
-       -- libpq to connect with.
-       ARRAY(SELECT datname::text::bytea FROM pg_database
+       -- granted to us (GRANT CONNECT ON DATABASE ... if not). Names as their stored bytes,
+       -- converted to no encoding (bytea's input reads only a backslash as an escape, so those
+       -- are doubled): a name that is not UTF-8 cannot be given to libpq to connect with.
+       ARRAY(SELECT replace(datname::text, '\\', '\\\\')::bytea FROM pg_database
              WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
              ORDER BY datname) AS databases,
        ARRAY(SELECT has_database_privilege(oid, 'CONNECT') FROM pg_database
