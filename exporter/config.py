@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from exporter.catalogue import Collector, resolve
+from exporter.catalogue.spec import MIN_INTERVAL
 from exporter.errors import ConfigError, validation_problems
 from exporter.units import Budget, Duration, parse_listen_address
 
@@ -144,6 +145,13 @@ class Config(BaseModel):
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         return {} if value is None else value  # `collectors:` with everything commented out
+
+    @field_validator("up_interval")
+    @classmethod
+    def _not_too_often(cls, seconds: float) -> float:
+        if seconds < MIN_INTERVAL:
+            raise ValueError(f"must be at least {MIN_INTERVAL:g}s")
+        return seconds
 
     @field_validator("listen_address")
     @classmethod

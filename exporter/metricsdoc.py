@@ -8,7 +8,7 @@ import sys
 
 from exporter.catalogue import Branch, Collector, Query, Usage, builtin_specs
 from exporter.exposition.selfmetrics import POOL_STATS, self_metrics
-from exporter.status import CollectorStatus, State, TargetStatus
+from exporter.status import CollectorStatus, Reachability, State, TargetStatus
 from exporter.units import format_duration
 
 _HEADER = """# Metrics
@@ -128,6 +128,7 @@ def _limit_note(collector: Collector) -> str:
 def _self_section() -> list[str]:
     example = {
         "<target>": TargetStatus(
+            reach=Reachability(up=True, not_visited=(("<datname>", "<reason>"),)),
             collectors={
                 "<collector>": CollectorStatus(state=State.OK, last_success=0.0, interval=60.0)
             },

@@ -44,6 +44,8 @@ class Reachability:
     message: str = ""  # why it is down ("connecting" before the first attempt)
     server_version: str = ""
     seq: int = 0
+    # Databases per-database collectors cannot visit, with why (the probe's last finding).
+    not_visited: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

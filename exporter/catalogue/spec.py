@@ -16,6 +16,9 @@ from exporter.units import Duration
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 # Labels the exporter adds itself; a query may not produce them.
 RESERVED_LABELS = frozenset({"target"})
+# The shortest interval a collector (or the probe) may run at: a 1 ms one would put about 900
+# queries a second on the server, and no scrape reads data that fresh.
+MIN_INTERVAL = 1.0
 
 
 class Usage(StrEnum):
@@ -25,6 +28,15 @@ class Usage(StrEnum):
     COUNTER = "counter"  # a cumulative value; published with a `_total` suffix
     LABEL = "label"  # a label on every metric of the row
     IGNORE = "ignore"  # read but not published (e.g. a column used only for sorting)
+
+
+class StatementText(BaseModel):
+    """A label column holding SQL text: secrets masked by lexing it as PostgreSQL does,
+    whitespace collapsed, cut to `max_length` characters (collection/sqltext.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_length: int | str = Field(description="a number, or the name of one of the params")
 
 
 def _column_shorthand(value: Any) -> Any:
@@ -56,6 +68,9 @@ class Column(BaseModel):
     )
     aliases: tuple[str, ...] = Field(
         default=(), description="names this column has in other versions (reserve_pool)"
+    )
+    statement: StatementText | None = Field(
+        default=None, description="label only: the column is SQL text (secrets masked)"
     )
 
 
@@ -144,6 +159,8 @@ class Query(BaseModel):
             for alias in spec.aliases:
                 if alias in self.metrics:
                     raise ValueError(f"metrics.{column}.aliases: {alias!r} is mapped itself")
+            if spec.statement is not None and spec.usage is not Usage.LABEL:
+                raise ValueError(f"metrics.{column}.statement: only for a label column")
             for label in spec.labels or ():
                 if self.metrics.get(label, Column(usage=Usage.IGNORE)).usage is not Usage.LABEL:
                     raise ValueError(f"metrics.{column}.labels: {label!r} is not a label column")
@@ -215,6 +232,8 @@ class CollectorSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "CollectorSpec":
+        if self.interval < MIN_INTERVAL:
+            raise ValueError(f"interval must be at least {MIN_INTERVAL:g}s")
         if self.timeout > self.interval:
             raise ValueError("timeout must not be longer than interval")
         if self.databases is not None and self.scope != "database":
@@ -231,11 +250,32 @@ class CollectorSpec(BaseModel):
                 raise ValueError(
                     f"queries.{query.name}.limit.max_rows: not the name of an integer param"
                 )
+            for column, spec in query.metrics.items():
+                length = spec.statement.max_length if spec.statement is not None else 0
+                if isinstance(length, str) and not isinstance(self.params.get(length), int):
+                    raise ValueError(
+                        f"queries.{query.name}.metrics.{column}.statement.max_length: "
+                        "not the name of an integer param"
+                    )
         return self
 
     def max_rows(self, limit: Limit) -> int:
         value = limit.max_rows
         return value if isinstance(value, int) else int(self.params[value])
+
+    def statement_columns(self) -> dict[str, int]:
+        """Result column name (other versions' names too) -> max length, for the label
+        columns holding SQL text."""
+        found = {}
+        for query in self.queries:
+            for column, spec in query.metrics.items():
+                if spec.statement is not None:
+                    length = spec.statement.max_length
+                    for name in (column, *spec.aliases):
+                        found[name] = (
+                            length if isinstance(length, int) else int(self.params[length])
+                        )
+        return found
 
 
 class CollectorOverride(BaseModel):

@@ -6,15 +6,18 @@ previous status and what its queries remember (sticky choices, slower queries' r
 since only it reads them.
 """
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from exporter.catalogue import Collector
 from exporter.collection.run import QueryMemory, plan, run
+from exporter.collection.sqltext import statement_rows
 from exporter.errors import (
     CollectorFailed,
     CollectorUnavailable,
@@ -27,6 +30,7 @@ from exporter.exposition.store import Store
 from exporter.status import CollectorStatus, State
 from exporter.targets import ServerFacts, Target
 from exporter.targets.facts import installed_extensions
+from exporter.targets.sessions import STOPPING
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ _UNAVAILABLE_ERRORS = (
 
 
 class ProbeJob:
-    """The `up` job: connect and refresh the server facts; pg_up follows the outcome."""
+    """The `up` job: log in anew and refresh the server facts; pg_up follows the outcome."""
 
     def __init__(self, target: Target, store: Store) -> None:
         self.target = target
@@ -48,14 +52,10 @@ class ProbeJob:
 
     def __call__(self) -> None:
         target = self.target
-        try:
+        with contextlib.suppress(ConnectFailed):  # recorded by the target, with one log line
             target.refresh()
-        except ConnectFailed:
-            pass  # already recorded by the target as down, with one log line
-        except PoolBusy:
-            pass  # reachable, but busy before its first facts were read: the next probe tries again
-        except psycopg.Error as exc:
-            target.mark_down(target.redact(first_line(exc)))
+        if target.closing:
+            return  # stopping, or the target was removed: nothing to tell
         self._store.publish_target(
             target.name,
             target.reach,
@@ -109,6 +109,8 @@ class CollectorJob:
         started = time.monotonic()
         self._busy = 0.0
         outcome = self._outcome()
+        if self.target.closing:
+            return  # abandoned (stopping, or the target was removed): its sessions were cut
         previous = self.status
         ok = outcome.state == State.OK
         interval = self.collector.spec.interval
@@ -150,7 +152,7 @@ class CollectorJob:
         except ConnectFailed as exc:
             # Reported once by the target (pg_up, one log line), not by each of its collectors.
             outcome.state, outcome.message = State.DOWN, target.redact(str(exc))
-            if target.down_message is None:
+            if target.down_message is None and not target.closing:
                 target.mark_down(outcome.message)
         except CollectorUnavailable as exc:
             outcome.state, outcome.message, outcome.families = State.UNAVAILABLE, exc.reason, ()
@@ -185,14 +187,20 @@ class CollectorJob:
                 with conn.transaction():
                     extensions = installed_extensions(conn)
             steps = plan(collector, facts, extensions)
-            ran = run(
-                conn,
-                collector,
-                steps,
-                labels=labels,
-                timeout_seconds=collector.spec.timeout,
-                memory=self.memory.setdefault(database or "", QueryMemory()),
-            )
+            texts = statement_rows(collector.spec)  # SQL text columns masked as rows are read
+            if texts is not None:
+                conn.row_factory = texts
+            try:
+                ran = run(
+                    conn,
+                    collector,
+                    steps,
+                    labels=labels,
+                    timeout_seconds=collector.spec.timeout,
+                    memory=self.memory.setdefault(database or "", QueryMemory()),
+                )
+            finally:
+                conn.row_factory = tuple_row  # a pooled session goes on to other collectors
             self._busy += ran.busy_seconds
             return tuple(ran.families)
 
@@ -207,6 +215,8 @@ class CollectorJob:
         reasons: list[str] = []
         errors: list[str] = []
         for database in self.target.databases_for(self.collector, facts):
+            if self.target.closing:
+                raise ConnectFailed(STOPPING)  # no new visit once stopping
             try:
                 parts[database] = self._visit(facts, database)
             except CollectorUnavailable as exc:

@@ -162,6 +162,16 @@ def to_families(
             f"query {query.name!r}: column(s) {', '.join(unmapped)} not mapped "
             "(map them, or give them usage: ignore)"
         )
+    # A custom collector's mapped column that the query does not return would publish nothing,
+    # silently (a typo in an alias). Built-ins map every server version's columns, and an older
+    # server lacks some by design (the catalogue's tests run on each major).
+    absent = [
+        c for c, m in query.metrics.items() if c not in columns and m.usage is not Usage.IGNORE
+    ]
+    if absent and not collector.builtin and collector.spec.target_type != "pgbouncer":
+        raise CollectorFailed(
+            f"query {query.name!r}: mapped column(s) {', '.join(absent)} not in the result"
+        )
     usage = {c: query.metrics.get(c, _IGNORED).usage for c in columns}
     label_columns = [c for c in columns if usage[c] is Usage.LABEL]
     label_names = [*labels, *(query.metrics[c].name or c for c in label_columns)]

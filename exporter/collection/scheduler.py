@@ -1,17 +1,21 @@
 """Background jobs: one `up` probe per target and one job per (target, collector).
 
-APScheduler 3.x runs them on a bounded thread pool. Each job runs at most once at a time
-(max_instances=1), missed runs collapse into one (coalesce), and a small jitter spreads jobs of
-the same interval so they do not all hit the server in the same second.
+APScheduler 3.x runs them on a bounded pool of daemon threads. Each job runs at most once at a
+time (max_instances=1), missed runs collapse into one (coalesce), and a small jitter spreads
+jobs of the same interval so they do not all hit the server in the same second.
 """
 
 import datetime as dt
 import logging
 import queue
 import threading
-from collections.abc import Iterable
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.catalogue import Collector
@@ -40,6 +44,86 @@ def _jitter(interval: float) -> float:
     return min(interval * 0.1, MAX_JITTER_SECONDS)
 
 
+_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class _DaemonThreads:
+    """What APScheduler's pool executor uses of concurrent.futures' thread pool (submit,
+    shutdown), on daemon threads. concurrent.futures joins its threads when the interpreter
+    exits, so a job stuck on a frozen server would hold the process however stop() ended;
+    these are abandoned instead, their sessions cut (TargetConnections.close)."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max = max_workers
+        self._name = name
+        self._lock = threading.Condition()
+        self._queue: deque[_Task] = deque()
+        self._threads = 0
+        self._idle = 0
+        self._running = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot run new jobs after shutdown")
+            self._queue.append((future, fn, args, kwargs))
+            if self._idle == 0 and self._threads < self._max:
+                self._threads += 1
+                name = f"{self._name}-{self._threads}"
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+            else:
+                self._lock.notify()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+                while not self._queue and not self._closed:
+                    self._lock.wait()
+                self._idle -= 1
+                if not self._queue:
+                    self._threads -= 1
+                    return
+                future, fn, args, kwargs = self._queue.popleft()
+                self._running += 1
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:  # the executor's callback reports it
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(result)
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self._lock.notify_all()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run nothing more (jobs not started yet are dropped); with `wait`, wait for the
+        running ones."""
+        with self._lock:
+            self._closed = True
+            self._queue.clear()
+            self._lock.notify_all()
+        if wait:
+            self.wait(None)
+
+    def wait(self, timeout: float | None) -> int:
+        """Wait up to `timeout` for the running jobs to end; how many still run."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._running == 0, timeout)
+            return self._running
+
+
+class _Executor(BasePoolExecutor):  # type: ignore[misc]  # APScheduler ships no types
+    def __init__(self, threads: _DaemonThreads) -> None:
+        super().__init__(threads)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -65,13 +149,14 @@ class Scheduler:
         self._collectors = [c for c in collectors if c.spec.enabled]
         self._up_interval = up_interval
         self._max_age_intervals = max_age_intervals
+        self._threads = {
+            "default": _DaemonThreads(max_workers, "job"),
+            # Probes get threads of their own: collectors queueing for a busy connection must
+            # never keep pg_up from being measured.
+            "probes": _DaemonThreads(PROBE_WORKERS, "probe"),
+        }
         self._scheduler = BackgroundScheduler(
-            executors={
-                "default": ThreadPoolExecutor(max_workers=max_workers),
-                # Probes get threads of their own: collectors queueing for a busy connection
-                # must never keep pg_up from being measured.
-                "probes": ThreadPoolExecutor(max_workers=PROBE_WORKERS),
-            },
+            executors={name: _Executor(threads) for name, threads in self._threads.items()},
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=dt.UTC,
         )
@@ -265,6 +350,12 @@ class Scheduler:
             return self._jobs.pop(job_id, None)
 
     def shutdown(self) -> None:
-        """Stop scheduling and wait for running jobs (each is bounded by its statement timeout)."""
+        """Start no more runs; running jobs go on (see `wait`)."""
         self._changes.put(None)  # the rescheduler stops; it is not waited for
-        self._scheduler.shutdown(wait=True)
+        self._scheduler.shutdown(wait=False)
+
+    def wait(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for running jobs to end; how many are left running
+        (on daemon threads: abandoned, they hold nothing)."""
+        deadline = time.monotonic() + timeout
+        return sum(t.wait(max(0.0, deadline - time.monotonic())) for t in self._threads.values())

@@ -162,12 +162,20 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
         "(server version, missing extension or privilege), else 1.",
         labels=[*per_collector, "reason"],
     )
+    not_visited = _gauge(
+        "pg_exporter_database_not_visited",
+        "1 for each database per-database collectors cannot visit, with the reason "
+        "(CONNECT not granted to the role; a name that is not valid UTF-8).",
+        labels=["target", "datname", "reason"],
+    )
     pool: dict[str, _Family] = {
         key: (_counter if kind == "counter" else _gauge)(name, help_text, labels=["target"])
         for key, (name, kind, help_text) in POOL_STATS.items()
     }
     for target, status in sorted(targets.items()):
         up.add_metric([target], 1 if status.up else 0)
+        for datname, reason in status.reach.not_visited:
+            not_visited.add_metric([target, datname, reason], 1)
         if status.budget is not None:
             budget.add_metric([target], status.budget)
         if status.pool:
@@ -200,5 +208,5 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
         interval,
         database_time,
         *([budget] if budget.samples else []),
-        *(family for family in pool.values() if family.samples),
+        *(family for family in (not_visited, *pool.values()) if family.samples),
     ]

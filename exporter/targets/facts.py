@@ -20,18 +20,17 @@ SELECT current_setting('server_version_num')::int AS version_num,
        ARRAY(SELECT rolname::text FROM pg_roles
              WHERE rolname LIKE 'pg\\_%' AND pg_has_role(current_user, oid, 'USAGE')) AS roles,
        ARRAY(SELECT extname::text FROM pg_extension) AS extensions,
-       -- Databases we may visit: not templates, accepting connections, CONNECT granted to us,
-       -- and not left invalid by an interrupted DROP DATABASE (datconnlimit -2, PG 16+).
-       ARRAY(SELECT datname::text FROM pg_database
+       -- Databases to visit: not templates, accepting connections, and not left invalid by
+       -- an interrupted DROP DATABASE (datconnlimit -2, PG 16+); with whether CONNECT is
+       -- granted to us (GRANT CONNECT ON DATABASE ... if not). Names as their stored bytes,
+       -- converted to no encoding (bytea's input reads only a backslash as an escape, so those
+       -- are doubled): a name that is not UTF-8 cannot be given to libpq to connect with.
+       ARRAY(SELECT replace(datname::text, '\\', '\\\\')::bytea FROM pg_database
              WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
-               AND has_database_privilege(oid, 'CONNECT')
              ORDER BY datname) AS databases,
-       -- ... and those that accept connections but not ours: per-database collectors cannot
-       -- visit them (GRANT CONNECT ON DATABASE ... fixes it).
-       ARRAY(SELECT datname::text FROM pg_database
+       ARRAY(SELECT has_database_privilege(oid, 'CONNECT') FROM pg_database
              WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2
-               AND NOT has_database_privilege(oid, 'CONNECT')
-             ORDER BY datname) AS forbidden_databases
+             ORDER BY datname) AS connect
 """
 
 
@@ -46,9 +45,12 @@ class ServerFacts:
     superuser: bool
     roles: frozenset[str]
     extensions: frozenset[str]  # installed in `database`
-    databases: tuple[str, ...]  # every database that accepts connections
+    databases: tuple[str, ...]  # every database the role can visit
     # Databases that accept connections, but not this role's (no CONNECT privilege).
     forbidden_databases: tuple[str, ...] = ()
+    # Every database it cannot visit, with why (those, and names that are not UTF-8, whose
+    # other bytes read as \\xNN).
+    not_visited: tuple[tuple[str, str], ...] = ()
 
     def has_role(self, role: str) -> bool:
         return self.superuser or role in self.roles
@@ -70,8 +72,9 @@ def probe(conn: psycopg.Connection[tuple[object, ...]], *, timeout_seconds: floa
         roles,
         ext,
         dbs,
-        forbidden,
+        grants,
     ) = row
+    visitable, not_visited = _visitable(dbs, grants)
     return ServerFacts(
         version_num=int(str(version_num)),
         version=str(version),
@@ -82,8 +85,9 @@ def probe(conn: psycopg.Connection[tuple[object, ...]], *, timeout_seconds: floa
         superuser=bool(superuser),
         roles=frozenset(_as_strings(roles)),
         extensions=frozenset(_as_strings(ext)),
-        databases=tuple(_as_strings(dbs)),
-        forbidden_databases=tuple(_as_strings(forbidden)),
+        databases=visitable,
+        forbidden_databases=tuple(db for db, why in not_visited if why == NO_CONNECT),
+        not_visited=not_visited,
     )
 
 
@@ -114,6 +118,31 @@ def installed_extensions(conn: psycopg.Connection[tuple[object, ...]]) -> frozen
 
 def _split_list(setting: str) -> frozenset[str]:
     return frozenset(part.strip().strip('"') for part in setting.split(",") if part.strip())
+
+
+NO_CONNECT = "CONNECT is not granted to the role"
+NOT_UTF8 = "its name is not valid UTF-8"
+
+
+def _visitable(
+    names: object, grants: object
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    visitable: list[str] = []
+    refused: list[tuple[str, str]] = []
+    if not isinstance(names, list) or not isinstance(grants, list):
+        return (), ()
+    for raw, granted in zip(names, grants, strict=True):
+        name = bytes(raw).decode("utf-8", "backslashreplace")
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            refused.append((name, NOT_UTF8))
+            continue
+        if not granted:
+            refused.append((name, NO_CONNECT))
+        else:
+            visitable.append(name)
+    return tuple(visitable), tuple(refused)
 
 
 def _as_strings(value: object) -> list[str]:

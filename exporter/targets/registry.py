@@ -10,9 +10,11 @@ import logging
 import threading
 from collections.abc import Iterator
 
+import psycopg
+
 from exporter.catalogue import Collector
 from exporter.config import DatabaseFilter, TargetConfig
-from exporter.errors import ConnectFailed, PoolBusy
+from exporter.errors import ConnectFailed, first_line
 from exporter.logs import SecretMasker
 from exporter.status import Reachability
 from exporter.targets.facts import ServerFacts, probe, probe_pgbouncer
@@ -53,6 +55,11 @@ class Target:
             return self._down_message
 
     @property
+    def closing(self) -> bool:
+        """Closed (stopping, or removed by a reload): its jobs abandon their runs."""
+        return self.connections.closing
+
+    @property
     def reach(self) -> Reachability:
         """Whether it answered, for publishing (see Reachability.seq)."""
         with self._lock:
@@ -64,25 +71,26 @@ class Target:
             return self._refresh()
 
     def _refresh(self) -> ServerFacts:
+        # A new login every time, within connect_timeout: a pooled session proves neither that
+        # the server still answers (it may be frozen, the pool's sessions stuck) nor that it
+        # still lets the role in. The pool is for the collectors.
         timeout = self.config.connect_timeout
         try:
-            with self.connections.connection(wait_seconds=timeout) as conn:
+            with self.connections.fresh_session(timeout) as conn:
                 if self.config.type == "pgbouncer":
                     facts = probe_pgbouncer(conn)
                 else:
                     with conn.transaction():
                         facts = probe(conn, timeout_seconds=timeout)
         except ConnectFailed as exc:
-            self.mark_down(self.redact(str(exc)))
+            if not self.closing:  # a probe cut short by a shutdown says nothing of the server
+                self.mark_down(self.redact(str(exc)))
             raise
-        except PoolBusy:
-            # Reachable (a direct attempt just worked), only busy with collectors: still up.
-            with self._lock:
-                known = self._facts
-            if known is None:
-                raise
-            self.mark_up(known)
-            return known
+        except psycopg.Error as exc:  # connected, but the probe's statement failed or hung
+            message = self.redact(first_line(exc))
+            if not self.closing:
+                self.mark_down(message)
+            raise ConnectFailed(message) from None
         with self._lock:
             self._facts = facts
         self.mark_up(facts)
@@ -108,7 +116,14 @@ class Target:
     def mark_up(self, facts: ServerFacts) -> None:
         with self._lock:
             was_down, self._down_message = self._down_message, None
-            self._reach = Reachability(up=True, server_version=facts.version, seq=next(_SEQ))
+            self._reach = Reachability(
+                up=True,
+                server_version=facts.version,
+                seq=next(_SEQ),
+                not_visited=tuple(
+                    (db, why) for db, why in facts.not_visited if self.config.databases.allows(db)
+                ),
+            )
         if was_down is not None:
             log.info("target is up", extra={"target": self.name, "version": facts.version})
 

@@ -2,32 +2,61 @@
 
 Every session is read-only and identifies itself, with a short lock_timeout so the exporter never
 queues behind DDL, and idle_in_transaction_session_timeout so a stuck exporter cannot hold a
-snapshot. The total number of connections to a target never exceeds its `max_connections`:
-the pool gets all but one of them, visits to other databases share the last one.
+snapshot. Every session reads text as UTF-8 whatever the database's encoding: the server
+converts from LATIN1, EUC_JP and the others (client_encoding UTF8). A SQL_ASCII database's
+bytes are what they are: with client_encoding UTF8 the server would fail a whole statement on
+one byte that is not UTF-8, so there the session asks for SQL_ASCII (nothing converted,
+nothing checked). And shared catalogues (pg_database) hold names in the encoding of whichever
+database created them, so bytes that are not UTF-8 can come from any database. Those are read as
+`\\xNN` escapes (Python's backslashreplace: lossless for every byte, though a name holding a
+literal `\\xNN` reads the same), never as an error and never as bytes.
+
+The total number of connections to a target never exceeds its `max_connections`: the pool
+gets all but one of them, visits to other databases share the last one, and the probe's new
+login takes that slot first (or an idle pooled connection's place).
 """
 
+import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.abc import PQGen
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg.abc import Buffer, PQGen
+from psycopg.adapt import Loader
+from psycopg.pq import Format
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from exporter.config import TargetConfig
 from exporter.errors import ConnectFailed, PoolBusy, first_line
 from exporter.targets.watchdog import Watchdog
 
 APPLICATION_NAME = "pg-health-exporter"
+STOPPING = "the exporter is stopping"
 # Beyond a statement's own timeout, how long a reply may take before the session is cut.
 REPLY_GRACE_SECONDS = 2.0
 
 _WATCHDOG = Watchdog("session-watchdog")
 _Result = TypeVar("_Result")
+# `deadline`: a monotonic time that no wait for the server on this thread may pass.
+_THREAD = threading.local()
+
+
+@contextmanager
+def _within(seconds: float) -> Iterator[None]:
+    """Every round trip on this thread (the pool's check included) ends within `seconds`."""
+    previous: float | None = getattr(_THREAD, "deadline", None)
+    deadline = time.monotonic() + seconds
+    _THREAD.deadline = deadline if previous is None else min(previous, deadline)
+    try:
+        yield
+    finally:
+        _THREAD.deadline = previous
 
 
 def session_options(target: TargetConfig) -> dict[str, Any]:
@@ -57,6 +86,7 @@ def session_options(target: TargetConfig) -> dict[str, Any]:
     theirs = target.dsn_params.get("options")
     return {
         "application_name": APPLICATION_NAME,
+        "client_encoding": "UTF8",  # see the module's doc
         "connect_timeout": max(1, round(target.connect_timeout)),
         "options": f"{theirs} {ours}" if theirs else ours,
         "autocommit": False,
@@ -79,6 +109,22 @@ def _dead_peer_detection(target: TargetConfig) -> dict[str, Any]:
     }
 
 
+class _Utf8Text(Loader):
+    """Text as UTF-8, bytes that are not as `\\xNN` (see the module's doc)."""
+
+    def load(self, data: Buffer) -> str:
+        return str(data, "utf-8", "backslashreplace")
+
+
+class _Utf8BinaryText(_Utf8Text):
+    format = Format.BINARY
+
+
+# Every type psycopg reads as str; the unknown oid (0) stands for every type it has no loader
+# for (regclass, regrole, an extension's...), which it reads as text.
+_TEXT_TYPES = ("text", "varchar", "bpchar", "name", '"char"')
+
+
 class BoundedConnection(psycopg.Connection[Any]):
     """A session whose every wait for the server ends within `reply_limit` seconds.
 
@@ -92,9 +138,19 @@ class BoundedConnection(psycopg.Connection[Any]):
     reply_limit: float = 30.0  # seconds; set per use by TargetConnections.connection()
     _severed: bool = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in _TEXT_TYPES:
+            self.adapters.register_loader(name, _Utf8Text)
+            self.adapters.register_loader(name, _Utf8BinaryText)
+        self.adapters.register_loader(0, _Utf8Text)
+
     def wait(self, gen: PQGen[_Result], *args: Any, **kwargs: Any) -> _Result:
         limit = self.reply_limit
-        token = _WATCHDOG.arm(limit, self._sever)
+        deadline: float | None = getattr(_THREAD, "deadline", None)
+        if deadline is not None:
+            limit = max(0.01, min(limit, deadline - time.monotonic()))
+        token = _WATCHDOG.arm(limit, self.sever)
         try:
             return super().wait(gen, *args, **kwargs)
         except psycopg.OperationalError:
@@ -106,7 +162,8 @@ class BoundedConnection(psycopg.Connection[Any]):
         finally:
             _WATCHDOG.disarm(token)
 
-    def _sever(self) -> None:
+    def sever(self) -> None:
+        """End the session now: whatever waits on it fails at once (any thread may call it)."""
         self._severed = True
         try:
             # A duplicate of libpq's descriptor: shutting it down ends the connection for
@@ -117,12 +174,45 @@ class BoundedConnection(psycopg.Connection[Any]):
             pass  # already closed
 
 
+class _VisitSlot:
+    """The one connection slot for visits, which the probe may claim ahead of visitors.
+
+    A per-database collector takes the slot for each database in turn; without priority a
+    probe waiting for it could lose every race to the next visit.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = False
+        self._probes_waiting = 0
+
+    def acquire(self, timeout: float, *, probe: bool = False) -> bool:
+        with self._cond:
+            self._probes_waiting += int(probe)
+            try:
+                free = self._cond.wait_for(
+                    lambda: not self._held and (probe or not self._probes_waiting), timeout
+                )
+                self._held = free
+                return free
+            finally:
+                self._probes_waiting -= int(probe)
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
 class TargetConnections:
     def __init__(self, target: TargetConfig) -> None:
         self._target = target
         self._kwargs = session_options(target)
         pool_size = target.max_connections - 1  # config guarantees at least 2
-        self._visits = threading.BoundedSemaphore(1)
+        self._visits = _VisitSlot()
+        self._lock = threading.Lock()
+        self._closing = False
+        self._used: set[BoundedConnection] = set()  # sessions jobs hold now: close() cuts them
         self._pool = ConnectionPool(
             target.conninfo(),
             kwargs=self._kwargs,
@@ -139,12 +229,17 @@ class TargetConnections:
             timeout=target.connect_timeout,
             num_workers=1,
             connection_class=BoundedConnection,
-            configure=self._between_uses,
+            configure=self._configure,
             reset=self._between_uses,
         )
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
         self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
+
+    def _configure(self, conn: BoundedConnection) -> None:
+        conn.reply_limit = self._idle_limit
+        if self._target.type == "postgres":
+            _raw_bytes_from_sql_ascii(conn)
 
     def _between_uses(self, conn: BoundedConnection) -> None:
         conn.reply_limit = self._idle_limit
@@ -153,8 +248,56 @@ class TargetConnections:
         """Start connecting in the background; never blocks start-up."""
         self._pool.open(wait=False)
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def close(self) -> None:
-        self._pool.close(timeout=5.0)
+        """Open no new session, cut those jobs are using (their waits fail at once) and close
+        the pool, without waiting for anything the server does: a frozen or unreachable server
+        must not hold up a shutdown or a reload."""
+        with self._lock:
+            self._closing = True
+            used, self._used = list(self._used), set()
+        for conn in used:
+            conn.sever()
+        # Its background workers may be stuck connecting; they are daemon threads.
+        self._pool.close(timeout=0.2)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConnectFailed(STOPPING)
+
+    def _connect(self, conninfo: str, **options: Any) -> BoundedConnection:
+        """A new session, unless closing: a job that waited (for the pool, or a connect that
+        timed out) must not open one after a shutdown began."""
+        self._check_open()
+        conn = BoundedConnection.connect(conninfo, **options)
+        if self._target.type == "postgres":
+            conn.reply_limit = self._idle_limit
+            try:
+                _raw_bytes_from_sql_ascii(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    @contextmanager
+    def _in_use(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Track a session while a job holds it, so that close() can cut it."""
+        assert isinstance(conn, BoundedConnection)
+        with self._lock:
+            stopped = self._closing  # while it was being opened
+            if not stopped:
+                self._used.add(conn)
+        if stopped:
+            conn.sever()
+            raise ConnectFailed(STOPPING)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._used.discard(conn)
 
     @contextmanager
     def connection(
@@ -167,26 +310,88 @@ class TargetConnections:
         """
         # A statement gets its own timeout (at most wait_seconds) to answer, and the grace.
         reply_limit = wait_seconds + self._target.connect_timeout + REPLY_GRACE_SECONDS
+        self._check_open()
         if database is None:
             try:
-                with self._pool.connection(timeout=wait_seconds) as conn:
+                with self._pool.connection(timeout=wait_seconds) as conn, self._in_use(conn):
                     conn.reply_limit = reply_limit
                     yield conn
             except PoolTimeout:
                 raise self._explain_failure(wait_seconds) from None
+            except PoolClosed:
+                raise ConnectFailed(STOPPING) from None
             return
-        if not self._visits.acquire(timeout=wait_seconds):
+        if not self._visits.acquire(wait_seconds):
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
         try:
             try:
-                conn = BoundedConnection.connect(self._target.conninfo(database), **self._kwargs)
+                conn = self._connect(self._target.conninfo(database), **self._kwargs)
             except psycopg.OperationalError as exc:
                 raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = reply_limit
-            with conn:
+            with conn, self._in_use(conn):
                 yield conn
         finally:
             self._visits.release()
+
+    @contextmanager
+    def fresh_session(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:
+        """A session logged in just now, for the probe; it and every reply on it within
+        `seconds`.
+
+        A pooled session may have logged in an hour ago and may be stuck behind a frozen
+        server: only a new login proves that the server answers and still accepts the role
+        (a rotated password, a revoked LOGIN, a pg_hba change). It takes the visiting slot
+        (ahead of visitors) or an idle pooled connection's place (closed; the pool opens
+        another in the background), never a connection beyond max_connections. When every
+        session stays busy for half the time, none of them is getting answers either: the
+        target is reported down with that reason.
+        """
+        started = time.monotonic()
+        self._check_open()
+        with _within(seconds), ExitStack() as slot:
+            self._take_a_slot(slot, seconds / 2)
+            left = seconds - (time.monotonic() - started)
+            # libpq takes whole seconds, at least 2.
+            options = {**self._kwargs, "connect_timeout": max(2, math.ceil(left))}
+            try:
+                conn = self._connect(self._target.conninfo(), **options)
+            except psycopg.errors.ConnectionTimeout:
+                raise ConnectFailed(
+                    f"no answer to a new connection within {seconds:g}s "
+                    "(connection timeout expired)"
+                ) from None
+            except psycopg.OperationalError as exc:
+                raise ConnectFailed(first_line(exc)) from None
+            conn.reply_limit = seconds  # and never past the deadline
+            with conn, self._in_use(conn):
+                yield conn
+
+    def _take_a_slot(self, slot: ExitStack, seconds: float) -> None:
+        """Make room for one new session within max_connections, waiting up to `seconds`."""
+        if self._visits.acquire(0, probe=True):
+            slot.callback(self._visits.release)
+            return
+        try:
+            with _within(seconds / 2):  # the pool's check of an idle one included
+                pooled = self._pool.getconn(timeout=seconds / 2)
+        except PoolTimeout:
+            pass
+        except PoolClosed:
+            raise ConnectFailed(STOPPING) from None
+        else:
+            pooled.close()
+            slot.callback(self._pool.putconn, pooled)
+            return
+        if self._visits.acquire(seconds / 2, probe=True):
+            slot.callback(self._visits.release)
+            return
+        self._check_open()
+        raise ConnectFailed(
+            f"all {self._target.max_connections} of the exporter's sessions stayed busy for "
+            f"{seconds:g}s, so no new login could show the server answers (frozen or "
+            "overloaded, or max_connections too small for the collectors)"
+        )
 
     def stats(self) -> dict[str, int]:
         """The pool's own counters (psycopg_pool's get_stats())."""
@@ -199,16 +404,24 @@ class TargetConnections:
         the visiting slot so that even this attempt stays within max_connections.
         """
         busy = PoolBusy(f"every pooled connection stayed in use for {waited:g}s")
-        if not self._visits.acquire(blocking=False):
+        if not self._visits.acquire(0):
             return busy
         try:
-            with BoundedConnection.connect(self._target.conninfo(), **self._kwargs) as conn:
+            with self._connect(self._target.conninfo(), **self._kwargs) as conn:
                 conn.reply_limit = self._idle_limit
                 return busy
         except psycopg.Error as exc:
             return ConnectFailed(first_line(exc))
         finally:
             self._visits.release()
+
+
+def _raw_bytes_from_sql_ascii(conn: psycopg.Connection[Any]) -> None:
+    """In a SQL_ASCII database, client_encoding SQL_ASCII: see the module's doc."""
+    if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+        conn.execute("SET client_encoding TO 'SQL_ASCII'")
+        if not conn.autocommit:
+            conn.commit()
 
 
 def _check_console(conn: psycopg.Connection[Any]) -> None:

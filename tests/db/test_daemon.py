@@ -47,12 +47,17 @@ def all_collected(port: int) -> bool:
 def test_serves_metrics_collected_in_background(
     postgres: LocalPostgres, run_exporter: RunExporter
 ) -> None:
-    # Hour-long intervals: after the first round nothing changes, so two scrapes must agree.
-    exporter = run_exporter(exporter_config(postgres.dsn(), interval="1h", all_collectors=True))
+    # Hour-long intervals (but the probe's, which publishes the pool's counters): after the
+    # first round nothing changes, so two scrapes must agree.
+    config = exporter_config(postgres.dsn(), interval="1h", up_interval="1s", all_collectors=True)
+    exporter = run_exporter(config)
     port = exporter.server.port
     wait_for(
-        lambda: all_collected(port),
-        what="first collection",
+        lambda: (
+            all_collected(port)
+            and bool(value(scrape(port), "pg_exporter_pool_requests_total", target="pg"))
+        ),
+        what="first collection, and the pool's counters since",
     )
     samples = scrape(port)
     assert value(samples, "pg_up", target="pg") == 1
@@ -163,7 +168,8 @@ def test_database_down_then_back(
 
 
 def test_busy_pool_is_not_a_down_target(postgres: LocalPostgres, run_exporter: RunExporter) -> None:
-    """A collector holding the only pooled connection makes the probe wait, not pg_up 0."""
+    """A collector holding the only pooled connection for longer than connect_timeout does not
+    make pg_up 0: the probe logs in on a session of its own."""
     sleeper = {
         "help": "Holds the pool's connection.",
         "interval": "1h",
@@ -177,12 +183,21 @@ def test_busy_pool_is_not_a_down_target(postgres: LocalPostgres, run_exporter: R
     exporter = run_exporter(config)
     port = exporter.server.port
 
-    def probe_waited_in_vain() -> bool:
-        errors = value(scrape(port), "pg_exporter_pool_request_errors_total", target="pg")
-        return bool(errors)
+    def sleeping() -> bool:
+        with psycopg.connect(postgres.dsn()) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                " AND query LIKE %s AND state = 'active'",
+                ("pg-health-exporter", "%pg_sleep(6)%"),
+            ).fetchone()
+        return bool(row and row[0])
 
-    wait_for(probe_waited_in_vain, what="a probe timing out on the busy pool")
-    assert value(scrape(port), "pg_up", target="pg") == 1
+    wait_for(sleeping, what="the sleeper holding the pool's connection")
+    probes = 0
+    while sleeping():  # ~6 s: several probes at 1 s intervals, each over connect_timeout
+        assert value(scrape(port), "pg_up", target="pg") == 1
+        probes += 1
+    assert probes > 1
     wait_for(lambda: collectors_ok(port, "sleeper"), what="the sleeper finishing")
     assert value(scrape(port), "pg_up", target="pg") == 1
 

@@ -143,6 +143,7 @@ def test_reload_applies_a_new_web_config(postgres: LocalPostgres, tmp_path: Path
         exporter.apply(config, locked)
         with pytest.raises(urllib.error.HTTPError) as refused:
             scrape(port)
+        refused.value.close()  # the error holds the response, and its socket, open
         assert refused.value.code == 401
         exporter.apply(config, OPEN)
         assert value(scrape(port), "pg_up", target="pg") == 1

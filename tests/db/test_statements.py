@@ -293,3 +293,32 @@ def test_pg_monitor_sees_every_role(server: LocalPostgres, app_db: str) -> None:
     assert reason(samples, "statements") == (
         "role is not a member of pg_read_all_stats: GRANT pg_monitor TO stmt_nobody"
     )
+
+
+def test_statement_text_masks_secrets_in_every_quoting_form(
+    server: LocalPostgres, app_db: str
+) -> None:
+    """Utility statements keep their literals in pg_stat_statements: each password, however
+    it is quoted, must not reach a label, whole or in part."""
+    mark = "Hx4"  # in every secret: a leak of any part of one shows it
+    statements = [
+        f"ALTER ROLE stmt_app PASSWORD 'q{mark}''doubled{mark}'",
+        f"ALTER ROLE stmt_app PASSWORD E'e{mark}\\'escaped{mark}'",
+        f"ALTER ROLE stmt_app PASSWORD E'e{mark}''doubled{mark}'",
+        f"ALTER ROLE stmt_app PASSWORD $$d{mark}'dollar{mark}$$",
+        f"ALTER ROLE stmt_app PASSWORD $pw$t{mark}$$tag{mark}$pw$",
+        f"ALTER ROLE stmt_app PASSWORD U&'u{mark}\\0027unicode{mark}'",
+        f"ALTER ROLE stmt_app PASSWORD 'c{mark}'\n   'continued{mark}'",
+        f"ALTER ROLE stmt_app ENCRYPTED PASSWORD 'v{mark}valid{mark}' VALID UNTIL 'infinity'",
+    ]
+    run_in(server, app_db, *statements)
+    samples = collect(server.dsn(), "statement_text", enabled=True)
+    texts = [
+        dict(labels)["query"]
+        for (n, labels), v in samples.items()
+        if n == "pg_statement_text_info" and v == 1
+    ]
+    altered = [t for t in texts if t.startswith("ALTER ROLE stmt_app")]
+    assert len(altered) == len(statements), texts
+    assert all(mark not in t for t in texts), [t for t in texts if mark in t]
+    assert "ALTER ROLE stmt_app PASSWORD '****'" in altered

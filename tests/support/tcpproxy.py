@@ -7,6 +7,7 @@ the kernel still acknowledges every packet, and no reply ever comes.
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
 
 
@@ -19,6 +20,7 @@ class StallingProxy:
         self._flowing.set()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self.accepted: list[float] = []  # when each client connection came (time.monotonic())
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -42,6 +44,7 @@ class StallingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted.append(time.monotonic())
             try:
                 server = socket.create_connection(self._upstream, timeout=10)
             except OSError:

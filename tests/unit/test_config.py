@@ -31,9 +31,9 @@ def test_repository_config_is_valid() -> None:
 
 
 def test_durations_and_defaults() -> None:
-    config = parse_config({"targets": [TARGET], "up_interval": "500ms"})
+    config = parse_config({"targets": [TARGET], "up_interval": "1500ms"})
     target = config.targets[0]
-    assert config.up_interval == 0.5
+    assert config.up_interval == 1.5
     assert (target.max_connections, target.connect_timeout, target.lock_timeout) == (2, 5.0, 1.0)
     assert config.listen_address == ":9188"
 
@@ -72,6 +72,12 @@ BAD_CONFIGS = [
         {"targets": [TARGET], "collectors": {"database": {"interval": "1s"}}},
         "collectors.database: timeout must not be longer",
     ),
+    # about 900 queries a second
+    (
+        {"targets": [TARGET], "collectors": {"database": {"interval": "1ms", "timeout": "1ms"}}},
+        "collectors.database: interval must be at least 1s",
+    ),
+    ({"targets": [TARGET], "up_interval": "1ms"}, "up_interval: must be at least 1s"),
     ([1, 2], "(top level): expected a mapping"),
     # wrong types
     (

@@ -95,7 +95,18 @@ def test_unmapped_column_is_an_error() -> None:
 
 def test_duplicate_label_sets_are_an_error_not_a_broken_scrape() -> None:
     with pytest.raises(CollectorFailed, match="two rows share the labels"):
-        to_families(COLLECTOR, QUERY, ["datname", "size"], [("a", 1), ("a", 2)], {"target": "t"})
+        to_families(
+            COLLECTOR,
+            QUERY,
+            ["datname", "size", "calls", "time", "reset"],
+            [("a", 1, 1, 0.0, None), ("a", 2, 1, 0.0, None)],
+            {"target": "t"},
+        )
+
+
+def test_a_mapped_column_missing_from_the_result_is_an_error_not_silence() -> None:
+    with pytest.raises(CollectorFailed, match=r"mapped column\(s\) calls, time, reset not in"):
+        to_families(COLLECTOR, QUERY, ["datname", "size"], [("a", 1)], {"target": "t"})
 
 
 def test_families_of_many_parts_share_one_header() -> None:

@@ -1,0 +1,140 @@
+"""A frozen server: TCP still accepts and acknowledges, nothing answers.
+
+pg_up must go to 0 within one probe interval plus connect_timeout, with one log line naming
+the cause, however the pool's sessions and the visiting slot are stuck meanwhile; and SIGTERM
+must end the daemon within 5 s, opening no session after it.
+"""
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from exporter.app import Exporter
+from exporter.config import Config
+from exporter.demo.embedded import LocalPostgres
+from support import exporter_config, parse_exposition, scrape, value, wait_for
+from support.daemon import Daemon
+from support.freeze import frozen
+from support.tcpproxy import StallingProxy
+
+RunExporter = Callable[[Config], Exporter]
+UP_INTERVAL = 1.0
+CONNECT_TIMEOUT = 2.0
+# Scheduling on a shared machine, the scrape's own polling, the probe's jitter.
+SLACK = 1.5
+
+
+def config(dsn: str) -> Config:
+    # While frozen, the pool's only session is stuck in a collector's statement (5 s timeouts:
+    # for about 11 s until the watchdog cuts it), and the visiting slot in `tables`' connect
+    # to each database in turn: neither can give the probe a session.
+    return exporter_config(
+        dsn,
+        interval="5s",
+        up_interval=f"{UP_INTERVAL:g}s",
+        collectors={"tables": {"interval": "1s", "timeout": "1s"}},
+    )
+
+
+def create_databases(server: LocalPostgres) -> None:
+    """Databases for `tables` to visit: while frozen, each visit is stuck in connect for
+    connect_timeout, one after the other."""
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        for n in range(6):
+            conn.execute(f"CREATE DATABASE frozen_{n}")
+
+
+def pg_up(port: int) -> float | None:
+    return value(scrape(port, timeout=2), "pg_up", target="pg")
+
+
+def collecting(port: int) -> bool:
+    samples = scrape(port, timeout=2)
+    return (
+        value(samples, "pg_up", target="pg") == 1
+        and value(samples, "pg_exporter_collector_up", collector="tables") == 1
+    )
+
+
+def stays(port: int, expected: float, seconds: float) -> None:
+    """pg_up keeps `expected` on every scrape for `seconds`."""
+    pause = threading.Event()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert pg_up(port) == expected
+        pause.wait(0.2)
+
+
+def test_frozen_server_reads_as_down_within_an_interval_and_connect_timeout(
+    private_postgres: LocalPostgres, run_exporter: RunExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    create_databases(private_postgres)
+    exporter = run_exporter(config(private_postgres.dsn()))
+    port = exporter.server.port
+    wait_for(lambda: collecting(port), what="first collection")
+    caplog.clear()
+
+    with frozen(private_postgres):
+        frozen_at = time.monotonic()
+        wait_for(lambda: pg_up(port) == 0, timeout=60, what="pg_up 0 while frozen")
+        took = time.monotonic() - frozen_at
+        assert took <= UP_INTERVAL + CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
+        stays(port, 0, 3 * (UP_INTERVAL + CONNECT_TIMEOUT))  # no flapping back to up
+    down = [r for r in caplog.records if r.getMessage() == "target is down"]
+    assert len(down) == 1, [r.__dict__.get("error") for r in down]
+    assert "within 2s" in down[0].__dict__["error"], down[0].__dict__["error"]
+    assert not [r for r in caplog.records if r.getMessage() == "target is up"]
+
+    wait_for(lambda: collecting(port), timeout=60, what="collection after the freeze")
+    assert [r for r in caplog.records if r.getMessage() == "target is up"]
+
+
+def test_sigterm_while_frozen_stops_within_5s_and_visits_nothing_more(
+    private_postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    create_databases(private_postgres)
+    # Through a proxy that notes when each connection comes, to see what is opened after the
+    # signal; it forwards to the frozen server, so those connections hang as they would.
+    with StallingProxy(private_postgres.port) as proxy:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"up_interval: {UP_INTERVAL:g}s\n"
+            "targets:\n  - name: pg\n"
+            f"    dsn: 'host=127.0.0.1 port={proxy.port} dbname=postgres user=postgres'\n"
+            f"    connect_timeout: {CONNECT_TIMEOUT:g}s\n"
+            "collectors:\n"
+            "  tables: {interval: 1s, timeout: 1s}\n"
+            "  database: {interval: 5s, timeout: 5s}\n"
+            "  connections: {interval: 5s, timeout: 5s}\n"
+        )
+        with Daemon(config) as daemon:
+
+            def collecting() -> bool:
+                body = daemon.get(timeout=2)
+                samples = parse_exposition(body or "")
+                return value(samples, "pg_exporter_collector_up", collector="tables") == 1
+
+            wait_for(collecting, what="first collection")
+            with frozen(private_postgres):
+                frozen_at = time.monotonic()
+                # Jobs are stuck now: a connection opened since the freeze hangs in its login.
+                wait_for(
+                    lambda: any(t > frozen_at for t in proxy.accepted),
+                    what="a connection stuck on the frozen server",
+                )
+                signalled = time.monotonic()
+                daemon.process.send_signal(signal.SIGTERM)
+                code = daemon.process.wait(timeout=60)
+                took = time.monotonic() - signalled
+            assert code == 0, daemon.log()
+            assert took <= 5.0, f"exited {took:.1f}s after SIGTERM"
+            # A connect under way when the signal came may land just after it; none later.
+            late = [round(t - signalled, 2) for t in proxy.accepted if t > signalled + 0.25]
+            assert not late, f"connections opened after SIGTERM, at +{late} s"
