@@ -5,16 +5,14 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from exporter.app import Exporter
-from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
 from support import (
+    RunExporter,
     collector_states,
     enabled_postgres_collectors,
     exporter_config,
@@ -27,8 +25,6 @@ from support import (
     wait_for,
 )
 from support.daemon import Daemon
-
-RunExporter = Callable[[Config], Exporter]
 
 
 def collectors_ok(port: int, *expected: str) -> bool:

@@ -7,7 +7,7 @@ reported, and collection resumes by itself once the fault is gone.
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import psycopg
@@ -17,10 +17,9 @@ from exporter.app import Exporter
 from exporter.collection import run_once
 from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
-from support import exporter_config, parse_exposition, scrape, value, wait_for
+from support import RunExporter, exporter_config, parse_exposition, scrape, value, wait_for
 from support.tcpproxy import StallingProxy
 
-RunExporter = Callable[[Config], Exporter]
 ROLE = "fault_monitor"
 COLLECTORS = ("database", "connections", "tables")
 

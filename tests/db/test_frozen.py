@@ -9,21 +9,18 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from exporter.app import Exporter
 from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
-from support import exporter_config, parse_exposition, scrape, value, wait_for
+from support import RunExporter, exporter_config, parse_exposition, scrape, value, wait_for
 from support.daemon import Daemon
 from support.freeze import frozen
 from support.tcpproxy import StallingProxy
 
-RunExporter = Callable[[Config], Exporter]
 UP_INTERVAL = 1.0
 CONNECT_TIMEOUT = 2.0
 # Scheduling on a shared machine, the scrape's own polling, the probe's jitter.

@@ -13,12 +13,10 @@ import pytest
 from pydantic import SecretStr
 
 from exporter.app import Exporter
-from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
-from support import exporter_config, scrape, value, wait_for
+from support import RunExporter, exporter_config, scrape, value, wait_for
 from support.auth import password_role
 
-RunExporter = Callable[[Config], Exporter]
 ROLE = "login_probe"
 PASSWORD = "first-Secret-1"
 UP_INTERVAL = 1.0

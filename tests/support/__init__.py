@@ -15,10 +15,14 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.app import Exporter
 from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
 from exporter.demo.embedded import LocalPostgres
 from exporter.units import format_duration, parse_duration
+
+# The run_exporter fixture (conftest.py): start an in-process exporter, stopped after the test.
+RunExporter = Callable[[Config], Exporter]
 
 REPO = Path(__file__).resolve().parents[2]
 
