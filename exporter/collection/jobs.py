@@ -49,13 +49,20 @@ class ProbeJob:
     def __init__(self, target: Target, store: Store) -> None:
         self.target = target
         self._store = store
+        self._databases: frozenset[str] = frozenset()  # visitable at the last probe
 
     def __call__(self) -> None:
         target = self.target
+        facts = None
         with contextlib.suppress(ConnectFailed):  # recorded by the target, with one log line
-            target.refresh()
+            facts = target.refresh()
         if target.closing:
             return  # stopping, or the target was removed: nothing to tell
+        if facts is not None:
+            databases = frozenset(facts.databases)
+            gone, self._databases = self._databases - databases, databases
+            if gone:
+                self._store.drop_databases(target.name, gone)
         self._store.publish_target(
             target.name,
             target.reach,
@@ -133,6 +140,7 @@ class CollectorJob:
             self.status,
             max_age=interval * self.max_age_intervals,
             reach=self.target.reach,
+            started=started,
         )
         _log_transition(self.target.name, self.collector.name, previous, self.status)
 

@@ -17,7 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from exporter.exposition.render import RenderedFamily, deflate_piece, gzip_from_pieces
+from exporter.exposition.render import (
+    RenderedFamily,
+    deflate_piece,
+    escape_label_value,
+    gzip_from_pieces,
+)
 from exporter.status import CollectorStatus, Reachability, TargetStatus
 
 
@@ -82,6 +87,8 @@ class Store:
         self._parts: dict[PartKey, Part] = {}
         self._targets: dict[str, TargetStatus] = {}
         self._snapshot: Snapshot | None = None
+        # By target: when databases were found gone, and the marks of their series.
+        self._drops: dict[str, list[tuple[float, list[bytes]]]] = {}
 
     # -- writers (the jobs, and the scheduler as targets and collectors come and go) ---------
 
@@ -94,14 +101,21 @@ class Store:
         *,
         max_age: float,
         reach: Reachability | None = None,
+        started: float | None = None,
     ) -> None:
         """One collector run's outcome, in one step.
 
         `families` become the collector's whole output on the target, every database it
         visited included; None keeps the old part, which expires `max_age` after it was
-        collected. `reach` is what the run found out about the target, if anything.
+        collected. `reach` is what the run found out about the target, if anything. A run
+        `started` (on the store's clock) before databases were found gone has their series
+        taken out: it may have visited them before they went.
         """
         collected_at, published_at = time.time(), self._clock()
+        if families is not None and started is not None:
+            marks = [m for when, ms in self._drops.get(target, ()) if started < when for m in ms]
+            if marks:
+                families = [f for f in (_without(f, marks) for f in families) if f.series]
         part = None
         if families is not None:  # compressed here, on the job's thread, outside the lock
             part = Part(
@@ -158,9 +172,38 @@ class Store:
             current = self._targets.get(target)
             if collector is None:
                 self._targets.pop(target, None)
+                self._drops.pop(target, None)
             elif current is not None and collector in current.collectors:
                 collectors = {k: v for k, v in current.collectors.items() if k != collector}
                 self._targets[target] = replace(current, collectors=collectors)
+            self._snapshot = None
+
+    def drop_databases(self, target: str, databases: Iterable[str]) -> None:
+        """Databases that are gone (dropped, or no longer visited): their series leave now, not
+        at each collector's next run, which may be many minutes away."""
+        # A label set starts with `{` or follows a `,`: `x_datname="a"` is another label.
+        marks = [
+            f'{before}datname="{escape_label_value(d)}"'.encode()
+            for d in databases
+            for before in "{,"
+        ]
+        with self._lock:
+            now = self._clock()
+            # A run lasts less than an hour (its timeout is at most its interval).
+            recent = [d for d in self._drops.get(target, []) if d[0] > now - 3600]
+            self._drops[target] = [*recent, (now, marks)]
+            for key, part in list(self._parts.items()):
+                if key.target != target:
+                    continue
+                kept = tuple(f for f in (_without(f, marks) for f in part.families) if f.series)
+                if kept == part.families:
+                    continue
+                # Rare (a database went): compressed again under the lock, as a part is.
+                self._parts[key] = replace(
+                    part, families=kept, deflated=deflate_piece(_text(kept)), alone=[]
+                )
+                if len(self._targets) > 1:
+                    self._parts[key].pieces_alone()
             self._snapshot = None
 
     def _remove_parts(self, target: str, collector: str | None) -> None:
@@ -210,6 +253,15 @@ class Store:
 
 def _newer(current: Reachability, found: Reachability | None) -> Reachability:
     return found if found is not None and found.seq > current.seq else current
+
+
+def _without(family: RenderedFamily, marks: Sequence[bytes]) -> RenderedFamily:
+    """The family without the samples whose labels hold any of `marks`."""
+    lines = family.samples.splitlines(keepends=True)
+    kept = [line for line in lines if not any(mark in line for mark in marks)]
+    if len(kept) == len(lines):
+        return family
+    return replace(family, samples=b"".join(kept), series=family.series - len(lines) + len(kept))
 
 
 def _text(families: Iterable[RenderedFamily]) -> bytes:

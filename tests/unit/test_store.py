@@ -155,6 +155,42 @@ def test_a_run_replaces_the_parts_of_every_database() -> None:
     assert b'target="gone"' not in body
 
 
+def _by_database(*databases: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily("pg_demo_x", "help text", labels=["datname", "x_datname"])
+    for database in databases:
+        family.add_metric([database, "gone"], 1)
+    return family
+
+
+def test_a_gone_database_leaves_every_part_at_once_and_runs_begun_before() -> None:
+    clock = FakeClock()
+    store = Store(self_metrics=self_metrics, clock=clock)
+    store.publish("a", "demo", render([_by_database("app", 'g"o\\ne')]), OK, max_age=60)
+    store.publish("a", "other", render([gauge("pg_other", "a", 1)]), OK, max_age=60)
+    started = clock.now
+    clock.now += 1
+    store.drop_databases("a", ['g"o\\ne'])
+    samples = parse_exposition(store.snapshot().body.decode())
+    assert value(samples, "pg_demo_x", datname="app") == 1  # `x_datname="gone"` is not it
+    assert value(samples, "pg_demo_x", datname='g"o\\ne') is None
+    assert value(samples, "pg_other", target="a") == 1
+    # A run that began before the database went may have visited it: taken out too.
+    store.publish(
+        "a", "demo", render([_by_database("app", 'g"o\\ne')]), OK, max_age=60, started=started
+    )
+    assert (
+        value(parse_exposition(store.snapshot().body.decode()), "pg_demo_x", datname='g"o\\ne')
+        is None
+    )
+    # One begun since (the database made again) keeps it.
+    store.publish(
+        "a", "demo", render([_by_database("app", 'g"o\\ne')]), OK, max_age=60, started=clock.now
+    )
+    assert (
+        value(parse_exposition(store.snapshot().body.decode()), "pg_demo_x", datname='g"o\\ne') == 1
+    )
+
+
 def test_self_metrics() -> None:
     store = Store(self_metrics=self_metrics)
     store.publish_target("a", Reachability(up=False, message="connection refused", seq=1))
