@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import psycopg
 import pytest
 import yaml
 
 from exporter.config import parse_config
 from exporter.demo.embedded import LocalPostgres
 from exporter.secretfiles import exposed_secret_files
-from support import REPO, free_port, parse_exposition, value, wait_for
+from support import REPO, free_port, parse_exposition, require_password, value, wait_for
 from support.daemon import Daemon
 
 # In every password, so a search for it finds any of them, whole or in part. The '/' and '@'
@@ -32,25 +31,7 @@ def password(kind: str) -> str:
 @pytest.fixture
 def scram_postgres(private_postgres: LocalPostgres) -> LocalPostgres:
     """The private server, asking ROLE for its password (the others keep trust auth)."""
-    with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
-        # PostgreSQL 13 still stores md5 hashes by default, which scram-sha-256 auth refuses.
-        conn.execute("SET password_encryption = 'scram-sha-256'")
-        conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE pg_monitor PASSWORD '{RIGHT}'")
-    hba = private_postgres.datadir / "pg_hba.conf"
-    hba.write_text(f"host all {ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-    with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
-        conn.execute("SELECT pg_reload_conf()")
-    wrong = f"host=127.0.0.1 port={private_postgres.port} user={ROLE} password=nope"
-    wait_for(lambda: _refused(wrong), what="password authentication in force")
-    return private_postgres
-
-
-def _refused(dsn: str) -> bool:
-    try:
-        psycopg.connect(dsn, connect_timeout=5).close()
-    except psycopg.OperationalError:
-        return True
-    return False
+    return require_password(private_postgres, ROLE, RIGHT)
 
 
 def targets(pg: LocalPostgres, tmp_path: Path) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 
 from exporter.catalogue import builtin_specs
 from exporter.config import Config, parse_config
@@ -158,3 +159,31 @@ def fresh_database(postgres: LocalPostgres) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def require_password(server: LocalPostgres, role: str, password: str) -> LocalPostgres:
+    """`server` with a login role (in pg_monitor) that must give `password` over TCP; the
+    other roles keep trust auth."""
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        # PostgreSQL 13 still stores md5 hashes by default, which scram-sha-256 auth refuses.
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_monitor PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    hba = server.datadir / "pg_hba.conf"
+    hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    wrong = f"host=127.0.0.1 port={server.port} user={role} password=nope"
+    wait_for(lambda: _refused(wrong), what="password authentication in force")
+    return server
+
+
+def _refused(dsn: str) -> bool:
+    try:
+        psycopg.connect(dsn, connect_timeout=5).close()
+    except psycopg.OperationalError:
+        return True
+    return False
