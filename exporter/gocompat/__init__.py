@@ -1,0 +1,5 @@
+"""The Go postgres_exporter's metric names and flags, and ours: mapping.yaml, loaded."""
+
+from exporter.gocompat.mapping import FlagMapping, Mapping, MetricMapping, load_mapping
+
+__all__ = ["FlagMapping", "Mapping", "MetricMapping", "load_mapping"]

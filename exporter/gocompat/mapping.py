@@ -1,0 +1,80 @@
+"""mapping.yaml as validated objects: which of our metrics replaces each of the Go exporter's.
+
+The one source of docs/migrating-from-postgres_exporter.md's tables (gocompat.guide) and of the
+tests that keep them true (every name of ours exists; every Go name is listed).
+"""
+
+from fnmatch import fnmatchcase
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, model_validator
+
+MAPPING_FILE = Path(__file__).with_name("mapping.yaml")
+
+
+class MetricMapping(BaseModel):
+    """One Go metric name (or a glob of names) and ours, or why there is none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    go: str
+    collector: str
+    ours: str | None = None
+    promql: str | None = None
+    note: str = ""
+    why: str = ""
+    releases: Literal["0.11+", "later"] = "0.11+"
+
+    @model_validator(mode="after")
+    def _ours_or_why(self) -> "MetricMapping":
+        # An exception without a reason would be a gap, not a decision.
+        if (self.ours is None) == (not self.why):
+            raise ValueError(f"{self.go}: give `ours`, or `why` there is none, not both")
+        if self.promql is not None and self.ours is None:
+            raise ValueError(f"{self.go}: `promql` needs `ours`")
+        return self
+
+    @property
+    def is_glob(self) -> bool:
+        return "*" in self.go
+
+    def matches(self, name: str) -> bool:
+        return fnmatchcase(name, self.go) if self.is_glob else name == self.go
+
+
+class FlagMapping(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    go: str
+    ours: str
+    note: str = ""
+
+
+class Mapping(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metrics: tuple[MetricMapping, ...]
+    flags: tuple[FlagMapping, ...]
+
+    @model_validator(mode="after")
+    def _listed_once(self) -> "Mapping":
+        names = [m.go for m in self.metrics]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"listed twice: {', '.join(twice)}")
+        return self
+
+    def find(self, name: str) -> MetricMapping | None:
+        """The entry for a Go metric name: its own, else the first glob matching it."""
+        exact = [m for m in self.metrics if not m.is_glob and m.go == name]
+        return next(iter(exact), None) or next(
+            (m for m in self.metrics if m.is_glob and m.matches(name)), None
+        )
+
+
+@cache
+def load_mapping() -> Mapping:
+    return Mapping.model_validate(yaml.safe_load(MAPPING_FILE.read_text()))

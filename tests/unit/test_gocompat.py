@@ -1,0 +1,83 @@
+"""The migration guide's mapping stays true to our catalogue, and its tables to the mapping."""
+
+import pytest
+from pydantic import ValidationError
+
+from exporter.catalogue import Collector, Usage, builtin_specs
+from exporter.gocompat import Mapping, MetricMapping, load_mapping
+from exporter.gocompat.guide import GUIDE, regenerate
+from exporter.metricsdoc import render_families_for_doc
+from exporter.status import CollectorStatus, State, TargetStatus
+from support import REPO
+from support.promql import metric_names
+
+MAPPING = load_mapping()
+
+
+def our_names() -> set[str]:
+    """Every metric name the catalogue's built-in collectors and the exporter itself publish."""
+    names = set()
+    for name, spec in builtin_specs().items():
+        collector = Collector(name=name, spec=spec, builtin=True)
+        for query in spec.queries:
+            for column, column_spec in query.metrics.items():
+                if column_spec.usage in (Usage.GAUGE, Usage.COUNTER):
+                    names.add(collector.metric_name(column, column_spec))
+    example = {"t": TargetStatus(collectors={"c": CollectorStatus(state=State.OK)})}
+    for row in render_families_for_doc(example):
+        names.add(row.split("`")[1])
+    return names
+
+
+def test_every_name_of_ours_exists() -> None:
+    ours = our_names()
+    assert {"pg_up", "pg_exporter_build_info", "pg_database_xact_commit_total"} <= ours
+    missing = {
+        f"{m.go}: {name}"
+        for m in MAPPING.metrics
+        for name in {m.ours or "", *(metric_names(m.promql) if m.promql else ())} - {""}
+        if name not in ours
+    }
+    assert not missing, sorted(missing)
+
+
+def test_the_promql_names_ours() -> None:
+    # An expression that does not use its own replacement would convert something else.
+    for m in MAPPING.metrics:
+        if m.promql is not None:
+            assert m.ours in metric_names(m.promql), m.go
+
+
+def test_the_guide_is_current() -> None:
+    text = (REPO / GUIDE).read_text()
+    assert regenerate(text) == text, "stale: run make migration-doc"
+
+
+def test_the_readme_links_the_guide() -> None:
+    assert f"]({GUIDE})" in (REPO / "README.md").read_text()
+
+
+def test_exact_names_win_over_globs() -> None:
+    assert MAPPING.find("pg_settings_max_connections").ours == "pg_connections_max"  # type: ignore[union-attr]
+    other = MAPPING.find("pg_settings_work_mem_bytes")
+    assert other is not None and other.go == "pg_settings_*" and other.why
+    assert MAPPING.find("pg_not_theirs") is None
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"go": "pg_x", "collector": "c"},  # neither ours nor why
+        {"go": "pg_x", "collector": "c", "ours": "pg_y", "why": "both"},
+        {"go": "pg_x", "collector": "c", "why": "none", "promql": "pg_y * 2"},
+    ],
+)
+def test_an_entry_says_ours_or_why(entry: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        MetricMapping.model_validate(entry)
+
+
+def test_a_name_is_listed_once() -> None:
+    entry = {"go": "pg_x", "collector": "c", "ours": "pg_y"}
+    with pytest.raises(ValidationError, match="listed twice: pg_x"):
+        Mapping.model_validate({"metrics": [entry, entry], "flags": []})
