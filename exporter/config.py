@@ -136,6 +136,8 @@ class Config(BaseModel):
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     up_interval: Duration = 15.0
     max_age_intervals: float = Field(default=3.0, ge=1.0)
+    # `postgres_exporter`: also publish the Go exporter's names (docs/migrating-from-...md).
+    compat: Literal["none", "postgres_exporter"] = "none"
     # Validated when absent too: its message names the environment's alternative.
     targets: tuple[TargetConfig, ...] = Field(default=(), validate_default=True)
     collectors: dict[str, Any] = Field(default_factory=dict)

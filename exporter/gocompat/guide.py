@@ -28,15 +28,16 @@ def _code(text: str | None) -> str:
 
 def metrics_table(mapping: Mapping) -> str:
     lines = [
-        "| theirs | their collector | ours | PromQL giving theirs from ours | notes |",
-        "|---|---|---|---|---|",
+        "| theirs | their collector | ours | PromQL giving theirs from ours | compat | notes |",
+        "|---|---|---|---|---|---|",
     ]
     for m in mapping.metrics:
         theirs = _code(m.go) + (" (after 0.11)" if m.releases == "later" else "")
         ours = _code(m.ours) if m.ours else "—"
         promql = _code(m.promql) if m.promql else ("(renamed)" if m.ours else "")
         notes = _cell(m.note or m.why)
-        lines.append(f"| {theirs} | {m.collector} | {ours} | {promql} | {notes} |")
+        compat = "compat" if m.conversion() is not None else ""
+        lines.append(f"| {theirs} | {m.collector} | {ours} | {promql} | {compat} | {notes} |")
     return "\n".join(lines)
 
 

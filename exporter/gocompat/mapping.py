@@ -4,6 +4,7 @@ The one source of docs/migrating-from-postgres_exporter.md's tables (gocompat.gu
 tests that keep them true (every name of ours exists; every Go name is listed).
 """
 
+import re
 from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
@@ -27,6 +28,8 @@ class MetricMapping(BaseModel):
     note: str = ""
     why: str = ""
     releases: Literal["0.11+", "later"] = "0.11+"
+    go_type: Literal["counter", "gauge", "untyped"] | None = None
+    compat: bool = True
 
     @model_validator(mode="after")
     def _ours_or_why(self) -> "MetricMapping":
@@ -43,6 +46,21 @@ class MetricMapping(BaseModel):
 
     def matches(self, name: str) -> bool:
         return fnmatchcase(name, self.go) if self.is_glob else name == self.go
+
+    @property
+    def their_type(self) -> str:
+        return self.go_type or ("counter" if self.go.endswith("_total") else "gauge")
+
+    def conversion(self) -> tuple[str, float] | None:
+        """(our metric, factor) when their series is ours renamed (and scaled): what
+        `compat: postgres_exporter` publishes. None when it takes more than that (an
+        aggregation, `time() -`), or when there is nothing to rename."""
+        if self.ours is None or self.is_glob or self.go == self.ours or not self.compat:
+            return None
+        if self.promql is None:
+            return self.ours, 1.0
+        scaled = re.fullmatch(rf"{re.escape(self.ours)} \* (\d+)", self.promql)
+        return (self.ours, float(scaled.group(1))) if scaled else None
 
 
 class FlagMapping(BaseModel):
@@ -66,6 +84,15 @@ class Mapping(BaseModel):
         if twice:
             raise ValueError(f"listed twice: {', '.join(twice)}")
         return self
+
+    def renames(self) -> dict[str, list[tuple[MetricMapping, float]]]:
+        """Our metric name -> the Go names published from it, each with its factor."""
+        found: dict[str, list[tuple[MetricMapping, float]]] = {}
+        for m in self.metrics:
+            conversion = m.conversion()
+            if conversion is not None:
+                found.setdefault(conversion[0], []).append((m, conversion[1]))
+        return found
 
     def find(self, name: str) -> MetricMapping | None:
         """The entry for a Go metric name: its own, else the first glob matching it."""

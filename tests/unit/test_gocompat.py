@@ -4,6 +4,10 @@ import pytest
 from pydantic import ValidationError
 
 from exporter.catalogue import Collector, Usage, builtin_specs
+from exporter.config import parse_config
+from exporter.errors import ConfigError
+from exporter.exposition.compat import GoNames
+from exporter.exposition.render import FamilyWriter
 from exporter.gocompat import Mapping, MetricMapping, load_mapping
 from exporter.gocompat.guide import GUIDE, regenerate
 from exporter.metricsdoc import render_families_for_doc
@@ -81,3 +85,32 @@ def test_a_name_is_listed_once() -> None:
     entry = {"go": "pg_x", "collector": "c", "ours": "pg_y"}
     with pytest.raises(ValidationError, match="listed twice: pg_x"):
         Mapping.model_validate({"metrics": [entry, entry], "flags": []})
+
+
+def test_compat_renames_and_scales_without_sql() -> None:
+    ours = FamilyWriter("pg_database_blk_read_time_seconds_total", "Read time.", counter=True)
+    ours.add('{datname="a b",target="pg"}', 1.5)  # a space in a label value
+    unmapped = FamilyWriter("pg_tables_seq_scan_total", "Scans.", counter=True)
+    unmapped.add('{target="pg"}', 1.0)
+    [theirs] = GoNames()([ours.rendered(), unmapped.rendered()])
+    assert theirs.name == "pg_stat_database_blk_read_time"
+    assert theirs.header.decode().splitlines()[1] == "# TYPE pg_stat_database_blk_read_time counter"
+    assert theirs.samples == b'pg_stat_database_blk_read_time{datname="a b",target="pg"} 1500.0\n'
+    assert theirs.series == 1
+
+
+def test_compat_names_never_clash_with_ours() -> None:
+    derived = {m.go for entries in MAPPING.renames().values() for m, _ in entries}
+    assert len(derived) > 50
+    assert not derived & our_names()
+
+
+def test_compat_is_a_config_key() -> None:
+    target = {"name": "t", "dsn": "host=h"}
+    assert parse_config({"targets": [target]}).compat == "none"
+    on = parse_config({"targets": [target], "compat": "postgres_exporter"})
+    assert on.compat == "postgres_exporter"
+    with pytest.raises(
+        ConfigError, match=r"^compat: Input should be 'none' or 'postgres_exporter'"
+    ):
+        parse_config({"targets": [target], "compat": "go"})

@@ -1,0 +1,95 @@
+"""`compat: postgres_exporter` side by side with the real Go exporter on the same server: every
+name of theirs that the mapping derives from ours by a rename (or a factor) is published by
+ours, with their TYPE, whenever ours publishes the metric it comes from; settings agree exactly.
+Label sets stay ours (`target`, not `server`; no `datid`): the guide says so."""
+
+from collections.abc import Callable
+
+from exporter.app import Exporter
+from exporter.demo.embedded import LocalPostgres
+from exporter.gocompat import load_mapping
+from exporter.web.config import OPEN
+from support import (
+    collector_states,
+    enabled_postgres_collectors,
+    exporter_config,
+    parse_exposition,
+    scrape_text,
+    wait_for,
+)
+from support.goexporter import declared_types, go_exporter, sample_names, samples_of, scraped
+
+SETTINGS = (
+    "pg_settings_max_connections",
+    "pg_settings_shared_buffers_bytes",
+    "pg_settings_max_wal_size_bytes",
+    "pg_settings_checkpoint_timeout_seconds",
+    "pg_settings_autovacuum_freeze_max_age",
+)
+
+
+def every_collector_ran(port: int) -> str | None:
+    body = scrape_text(port)
+    states = collector_states(parse_exposition(body))
+    # Ran: ok (1), or unavailable here (no replication, no archiving): anything but pending.
+    ran = set(states) >= enabled_postgres_collectors() and all(
+        v == 1 for k, v in states.items() if k in ("database", "checkpointer", "server")
+    )
+    return body if ran else None
+
+
+def test_compat_publishes_their_names_with_their_types(
+    postgres: LocalPostgres, run_exporter: Callable[..., Exporter]
+) -> None:
+    config = exporter_config(postgres.dsn(), all_collectors=True, compat="postgres_exporter")
+    exporter = run_exporter(config)
+    ours = wait_for(
+        lambda: every_collector_ran(exporter.server.port), timeout=120, what="every collector"
+    )
+    with go_exporter(postgres) as port:
+        theirs = scraped(port) or ""
+
+    our_names, our_types = sample_names(ours), declared_types(ours)
+    their_types = declared_types(theirs)
+    mapping = load_mapping()
+    checked, missing, mistyped = [], [], []
+    for name in sorted(sample_names(theirs)):
+        entry = mapping.find(name)
+        conversion = entry.conversion() if entry is not None else None
+        if conversion is None or conversion[0] not in our_names:
+            continue  # not derived by a rename, or ours has no such series on this server
+        checked.append(name)
+        if name not in our_names:
+            missing.append(name)
+        elif our_types.get(name) != their_types.get(name):
+            mistyped.append(f"{name}: ours {our_types.get(name)}, theirs {their_types.get(name)}")
+    assert not missing, missing
+    assert not mistyped, mistyped
+    assert len(checked) >= 20, checked  # the comparison is not vacuous
+
+    for name in SETTINGS:
+        [(_, their_value)] = samples_of(theirs, name)
+        [(labels, our_value)] = samples_of(ours, name)
+        assert our_value == their_value, name
+        assert labels == '{target="pg"}'
+
+
+def test_compat_is_off_by_default_and_a_reload_switches_it(
+    postgres: LocalPostgres, run_exporter: Callable[..., Exporter]
+) -> None:
+    exporter = run_exporter(exporter_config(postgres.dsn()))
+
+    def body_with(name: str) -> str | None:
+        body = scrape_text(exporter.server.port)
+        return body if f"\n{name}{{" in body else None
+
+    ours = wait_for(lambda: body_with("pg_database_xact_commit_total"), what="a database run")
+    assert "pg_stat_database_xact_commit" not in ours
+    exporter.apply(exporter_config(postgres.dsn(), compat="postgres_exporter"), OPEN)
+    # From the collectors' next runs (1 s apart here), and at once for the self-metrics.
+    wait_for(lambda: body_with("pg_stat_database_xact_commit"), what="their names published")
+    assert body_with("pg_scrape_collector_success")
+    exporter.apply(exporter_config(postgres.dsn()), OPEN)
+    wait_for(
+        lambda: body_with("pg_stat_database_xact_commit") is None, what="their names gone again"
+    )
