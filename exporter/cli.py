@@ -24,6 +24,7 @@ from exporter.collection import run_once
 from exporter.config import DEFAULT_LISTEN_ADDRESS, Config
 from exporter.datasource import load
 from exporter.errors import ConfigError
+from exporter.gocompat import load_mapping
 from exporter.logs import setup
 from exporter.secretfiles import exposed_secret_files
 from exporter.signals import wait_for_signal
@@ -108,6 +109,15 @@ def _parser(command: str) -> argparse.ArgumentParser:
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=f"enable or disable the {name} collector",
+            )
+        # The Go exporter's names, where one of ours covers theirs (docs/migrating-...).
+        for theirs, ours in load_mapping().collector_flags().items():
+            parser.add_argument(
+                f"--collector.{theirs}",
+                dest=f"collector_{ours}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"postgres_exporter's name for --[no-]collector.{ours}",
             )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser

@@ -1,5 +1,11 @@
 """The Go postgres_exporter's metric names and flags, and ours: mapping.yaml, loaded."""
 
-from exporter.gocompat.mapping import FlagMapping, Mapping, MetricMapping, load_mapping
+from exporter.gocompat.mapping import (
+    CollectorMapping,
+    FlagMapping,
+    Mapping,
+    MetricMapping,
+    load_mapping,
+)
 
-__all__ = ["FlagMapping", "Mapping", "MetricMapping", "load_mapping"]
+__all__ = ["CollectorMapping", "FlagMapping", "Mapping", "MetricMapping", "load_mapping"]

@@ -48,7 +48,20 @@ def flags_table(mapping: Mapping) -> str:
     return "\n".join(lines)
 
 
-SECTIONS: dict[str, Callable[[Mapping], str]] = {"metrics": metrics_table, "flags": flags_table}
+def collectors_table(mapping: Mapping) -> str:
+    lines = ["| theirs | ours | their flag accepted | notes |", "|---|---|---|---|"]
+    for c in mapping.collectors:
+        ours = _code(c.ours) if c.ours else "—"
+        flag = f"`--[no-]collector.{c.go}`" if c.flag else ""
+        lines.append(f"| `{c.go}` | {ours} | {flag} | {_cell(c.note)} |")
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[Mapping], str]] = {
+    "metrics": metrics_table,
+    "collectors": collectors_table,
+    "flags": flags_table,
+}
 
 
 def _markers(name: str) -> tuple[str, str]:

@@ -63,6 +63,23 @@ class MetricMapping(BaseModel):
         return (self.ours, float(scaled.group(1))) if scaled else None
 
 
+class CollectorMapping(BaseModel):
+    """Their collector, and ours that covers it; `flag`: their --[no-]collector.NAME is ours."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    go: str
+    ours: str | None = None
+    flag: bool = False
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _flag_needs_ours(self) -> "CollectorMapping":
+        if self.flag and self.ours is None:
+            raise ValueError(f"{self.go}: `flag` needs `ours`")
+        return self
+
+
 class FlagMapping(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,6 +92,7 @@ class Mapping(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     metrics: tuple[MetricMapping, ...]
+    collectors: tuple[CollectorMapping, ...] = ()
     flags: tuple[FlagMapping, ...]
 
     @model_validator(mode="after")
@@ -84,6 +102,10 @@ class Mapping(BaseModel):
         if twice:
             raise ValueError(f"listed twice: {', '.join(twice)}")
         return self
+
+    def collector_flags(self) -> dict[str, str]:
+        """Their collector name -> ours, for the --[no-]collector.NAME flags accepted."""
+        return {c.go: c.ours for c in self.collectors if c.flag and c.ours is not None}
 
     def renames(self) -> dict[str, list[tuple[MetricMapping, float]]]:
         """Our metric name -> the Go names published from it, each with its factor."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.cli import _COMMANDS, main
+from exporter.cli import _COMMANDS, _load, _parser, main
 from support import REPO
 
 TARGET = {"name": "main", "dsn": "host=127.0.0.1 port=1 dbname=postgres"}
@@ -175,3 +175,18 @@ def test_log_level_warn_is_warning(tmp_path: Path, capsys: pytest.CaptureFixture
     result = run_cli("check-config", "--config", str(config), "--log.level", "verbose")
     assert result.returncode == 2
     assert "argument --log.level: invalid choice: 'verbose'" in result.stderr
+
+
+def test_their_collector_flags_switch_ours(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"targets": [TARGET]}))
+    args = _parser("run").parse_args(
+        ["--config", str(config), "--no-collector.stat_statements", "--collector.stat_user_tables"]
+    )
+    loaded = _load(args)
+    assert not loaded.collector("statements").spec.enabled
+    assert loaded.collector("tables").spec.enabled
+    # Where their name is also ours, the flag is ours: --no-collector.database is pg_stat_database.
+    args = _parser("run").parse_args(["--config", str(config), "--no-collector.database"])
+    assert not _load(args).collector("database").spec.enabled
+    assert _load(args).collector("database_size").spec.enabled

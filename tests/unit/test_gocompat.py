@@ -114,3 +114,11 @@ def test_compat_is_a_config_key() -> None:
         ConfigError, match=r"^compat: Input should be 'none' or 'postgres_exporter'"
     ):
         parse_config({"targets": [target], "compat": "go"})
+
+
+def test_collectors_name_ours_and_aliases_never_shadow_ours() -> None:
+    builtins = set(builtin_specs())
+    assert {c.ours for c in MAPPING.collectors if c.ours} <= builtins
+    flags = MAPPING.collector_flags()
+    assert {"stat_statements": "statements", "postmaster": "server"}.items() <= flags.items()
+    assert not set(flags) & builtins  # `--collector.database` stays ours
