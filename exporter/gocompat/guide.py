@@ -34,9 +34,12 @@ def metrics_table(mapping: Mapping) -> str:
     for m in mapping.metrics:
         theirs = _code(m.go) + (" (after 0.11)" if m.releases == "later" else "")
         ours = _code(m.ours) if m.ours else "—"
+        same = m.ours == m.go
         promql = _code(m.promql) if m.promql else ("(renamed)" if m.ours else "")
         notes = _cell(m.note or m.why)
         compat = "compat" if m.conversion() is not None else ""
+        if same:  # published under their name whether the switch is on or not
+            promql, compat = "(the same name)", "always"
         lines.append(f"| {theirs} | {m.collector} | {ours} | {promql} | {compat} | {notes} |")
     return "\n".join(lines)
 
@@ -44,7 +47,8 @@ def metrics_table(mapping: Mapping) -> str:
 def flags_table(mapping: Mapping) -> str:
     lines = ["| theirs | ours | notes |", "|---|---|---|"]
     for f in mapping.flags:
-        lines.append(f"| {_code(f.go)} | {_code(f.ours)} | {_cell(f.note)} |")
+        ours = "—" if f.ours == "none" else _code(f.ours)
+        lines.append(f"| {_code(f.go)} | {ours} | {_cell(f.note)} |")
     return "\n".join(lines)
 
 
