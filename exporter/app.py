@@ -46,7 +46,7 @@ class Exporter:
     ) -> None:
         self.config = config
         self.metrics_path = metrics_path
-        self.store = Store(self_metrics=self_metrics, derive=derive_for(config.compat))
+        self.store = Store(self_metrics=self_metrics, derive=derive_for(config))
         self.registry = TargetRegistry()
         # Jobs beyond the connection cap would only wait for a connection; a few extra threads
         # keep one target's slow collector from starving another target.
@@ -143,7 +143,7 @@ class Exporter:
         for name in added + changed:
             self._add_target(new[name])
 
-        self.store.set_derive(derive_for(config.compat))
+        self.store.set_derive(derive_for(config))
         self.health = self._health(config)
         self.server.set_pages(_landing(config, self.metrics_path), self.health)
         self.server.set_web(web)

@@ -31,7 +31,7 @@ class Collected:
 
 def run_once(config: Config) -> Collected:
     """Probe every target and run each enabled collector on it once, one after another."""
-    store = Store(self_metrics=self_metrics, derive=derive_for(config.compat))
+    store = Store(self_metrics=self_metrics, derive=derive_for(config))
     registry = TargetRegistry()
     enabled = [c for c in config.catalogue if c.spec.enabled]
     try:

@@ -37,6 +37,9 @@ def metrics_table(mapping: Mapping) -> str:
         same = m.ours == m.go
         promql = _code(m.promql) if m.promql else ("(renamed)" if m.ours else "")
         notes = _cell(m.note or m.why)
+        if m.labels_not_ours and m.conversion() is not None:
+            missing = ", ".join(f"`{label}`" for label in m.labels_not_ours)
+            notes = f"{notes} Their labels the switch lacks: {missing}.".strip()
         compat = "compat" if m.conversion() is not None else ""
         if same:  # published under their name whether the switch is on or not
             promql, compat = "(the same name)", "always"

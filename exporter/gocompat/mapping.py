@@ -30,6 +30,8 @@ class MetricMapping(BaseModel):
     releases: Literal["0.11+", "later"] = "0.11+"
     go_type: Literal["counter", "gauge", "untyped"] | None = None
     compat: bool = True
+    # Their labels that the switch does not publish (besides `datid`, which none has).
+    labels_not_ours: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _ours_or_why(self) -> "MetricMapping":

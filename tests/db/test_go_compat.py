@@ -1,7 +1,9 @@
 """`compat: postgres_exporter` side by side with the real Go exporter on the same server: every
 name of theirs that the mapping derives from ours by a rename (or a factor) is published by
-ours, with their TYPE, whenever ours publishes the metric it comes from; settings agree exactly,
-and their per-database counters, read after ours, are never lower. Label sets stay ours (`target`, not `server`; no `datid`): the guide says so."""
+ours, with their TYPE and their labels (but `datid`, and those the mapping lists as not ours),
+whenever ours publishes the metric it comes from; settings agree exactly, and their
+per-database counters, read after ours, are never lower. Ours keep their own labels too
+(`target`, `datname`...)."""
 
 import math
 import re
@@ -46,6 +48,10 @@ COUNTERS = [
         "blk_read_time",
     )
 ]
+
+
+def label_names(body: str, name: str) -> set[str]:
+    return {n for labels, _ in samples_of(body, name) for n in re.findall(r'(\w+)="', labels)}
 
 
 def per_database(body: str, name: str) -> dict[str, float]:
@@ -115,13 +121,24 @@ def test_compat_publishes_their_names_with_their_types(
             mistyped.append(f"{name}: ours {our_types.get(name)}, theirs {their_types.get(name)}")
     assert not missing, missing
     assert not mistyped, mistyped
+    # Their labels, but `datid` and those the mapping lists as not ours.
+    unlabelled = []
+    for name in checked:
+        entry = mapping.find(name)
+        assert entry is not None
+        lacking = label_names(theirs, name) - label_names(ours, name)
+        lacking -= {"datid", *entry.labels_not_ours}
+        if lacking:
+            unlabelled.append(f"{name}: {sorted(lacking)}")
+    assert not unlabelled, unlabelled
     assert len(checked) >= 20, checked  # the comparison is not vacuous
 
     for name in SETTINGS:
         [(_, their_value)] = samples_of(theirs, name)
         [(labels, our_value)] = samples_of(ours, name)
         assert our_value == their_value, name
-        assert labels == '{target="pg"}'
+        # Their `server` label: the same host:port as theirs (both from the same DSN).
+        assert labels == f'{{target="pg",server="127.0.0.1:{postgres.port}"}}'
 
 
 def test_compat_is_off_by_default_and_a_reload_switches_it(

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from exporter.catalogue import Collector, Usage, builtin_specs
 from exporter.config import parse_config
 from exporter.errors import ConfigError
-from exporter.exposition.compat import GoNames
+from exporter.exposition.compat import GoNames, server_label
 from exporter.exposition.render import FamilyWriter
 from exporter.gocompat import Mapping, MetricMapping, load_mapping
 from exporter.gocompat.guide import GUIDE, regenerate
@@ -97,6 +97,23 @@ def test_compat_renames_and_scales_without_sql() -> None:
     assert theirs.header.decode().splitlines()[1] == "# TYPE pg_stat_database_blk_read_time counter"
     assert theirs.samples == b'pg_stat_database_blk_read_time{datname="a b",target="pg"} 1500.0\n'
     assert theirs.series == 1
+    # Their `server` label, for the targets it knows.
+    [served] = GoNames(servers={"pg": "db:5432"})([ours.rendered()])
+    assert served.samples == (
+        b'pg_stat_database_blk_read_time{datname="a b",target="pg",server="db:5432"} 1500.0\n'
+    )
+
+
+def test_the_server_label_is_host_and_port() -> None:
+    config = parse_config(
+        {
+            "targets": [
+                {"name": "a", "dsn": "postgresql://u:secret@db.example:6432/app"},
+                {"name": "b", "dsn": "dbname=app"},
+            ]
+        }
+    )
+    assert [server_label(t) for t in config.targets] == ["db.example:6432", "localhost:5432"]
 
 
 def test_compat_names_never_clash_with_ours() -> None:
