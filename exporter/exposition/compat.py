@@ -14,9 +14,11 @@ from collections.abc import Sequence
 
 from exporter.config import Config, TargetConfig
 from exporter.exposition.render import RenderedFamily, escape_label_value, go_float
-from exporter.gocompat import Mapping, MetricMapping, load_mapping
+from exporter.gocompat import Conversion, Mapping, MetricMapping, load_mapping
 
 _TARGET = re.compile(r'[{,]target="([^"\\]*)"')
+# One label as written: a value's quotes and backslashes are escaped.
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 class GoNames:
@@ -35,8 +37,8 @@ class GoNames:
         for family in families:
             # The sample name (a counter's has _total, its family name not) and its help.
             _, _, sample, help_text = family.header.decode().split("\n", 1)[0].split(" ", 3)
-            for theirs, factor in self._renames.get(sample, ()):
-                derived.append(self._renamed(family, sample, help_text, theirs, factor))
+            for theirs, how in self._renames.get(sample, ()):
+                derived.append(self._renamed(family, sample, help_text, theirs, how))
         return tuple(derived)
 
     def _renamed(
@@ -45,26 +47,44 @@ class GoNames:
         sample: str,
         help_text: str,
         theirs: MetricMapping,
-        factor: float,
+        how: Conversion,
     ) -> RenderedFamily:
         name = theirs.go
         header = (
             f"# HELP {name} {help_text} (postgres_exporter's name for {sample})\n"
             f"# TYPE {name} {theirs.their_type}\n"
         )
-        lines = []
+        samples: list[tuple[str, str]] = []
         for line in family.samples.decode().splitlines():
             # name{labels} value: a value never holds a space, a label value may.
             head, _, value = line.rpartition(" ")
-            if factor != 1.0:
-                value = go_float(float(value) * factor)
-            labels = head[len(sample) :]
-            target = _TARGET.search(labels)
-            server = self._servers.get(target.group(1), "") if target else ""
-            if server:  # appended: the text format does not ask for sorted labels
-                labels = labels[:-1] + server + "}"
-            lines.append(f"{name}{labels} {value}\n")
+            if how.factor != 1.0:
+                value = go_float(float(value) * how.factor)
+            samples.append((head[len(sample) :], value))
+        if how.sum_by is not None:
+            samples = _summed(samples, how.sum_by)
+        lines = [f"{name}{self._with_server(labels)} {value}\n" for labels, value in samples]
         return RenderedFamily(name, header.encode(), "".join(lines).encode(), len(lines))
+
+    def _with_server(self, labels: str) -> str:
+        target = _TARGET.search(labels)
+        server = self._servers.get(target.group(1), "") if target else ""
+        # Appended: the text format does not ask for sorted labels.
+        return labels[:-1] + server + "}" if server else labels
+
+
+def _summed(samples: list[tuple[str, str]], by: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The samples summed over every label but `by` (as PromQL's `sum by`); label values are
+    kept as written, escapes and all."""
+    sums: dict[tuple[str, ...], float] = {}
+    for labels, value in samples:
+        pairs = dict(_PAIR.findall(labels))
+        key = tuple(pairs.get(label, "") for label in by)
+        sums[key] = sums.get(key, 0.0) + float(value)
+    return [
+        ("{" + ",".join(f'{n}="{v}"' for n, v in zip(by, key, strict=True) if v) + "}", go_float(s))
+        for key, s in sums.items()
+    ]
 
 
 def derive_for(config: Config) -> GoNames | None:

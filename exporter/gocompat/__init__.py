@@ -2,10 +2,18 @@
 
 from exporter.gocompat.mapping import (
     CollectorMapping,
+    Conversion,
     FlagMapping,
     Mapping,
     MetricMapping,
     load_mapping,
 )
 
-__all__ = ["CollectorMapping", "FlagMapping", "Mapping", "MetricMapping", "load_mapping"]
+__all__ = [
+    "CollectorMapping",
+    "Conversion",
+    "FlagMapping",
+    "Mapping",
+    "MetricMapping",
+    "load_mapping",
+]

@@ -5,6 +5,7 @@ tests that keep them true (every name of ours exists; every Go name is listed).
 """
 
 import re
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
@@ -53,16 +54,31 @@ class MetricMapping(BaseModel):
     def their_type(self) -> str:
         return self.go_type or ("counter" if self.go.endswith("_total") else "gauge")
 
-    def conversion(self) -> tuple[str, float] | None:
-        """(our metric, factor) when their series is ours renamed (and scaled): what
-        `compat: postgres_exporter` publishes. None when it takes more than that (an
-        aggregation, `time() -`), or when there is nothing to rename."""
+    def conversion(self) -> "Conversion | None":
+        """How `compat: postgres_exporter` publishes this name from ours: renamed, scaled
+        (their milliseconds) or summed over the labels theirs has. None when it takes more
+        than that (`time() -`, a join), or when there is nothing to rename."""
         if self.ours is None or self.is_glob or self.go == self.ours or not self.compat:
             return None
         if self.promql is None:
-            return self.ours, 1.0
-        scaled = re.fullmatch(rf"{re.escape(self.ours)} \* (\d+)", self.promql)
-        return (self.ours, float(scaled.group(1))) if scaled else None
+            return Conversion(self.ours)
+        ours = re.escape(self.ours)
+        scaled = re.fullmatch(rf"{ours} \* (\d+)", self.promql)
+        if scaled:
+            return Conversion(self.ours, factor=float(scaled.group(1)))
+        summed = re.fullmatch(rf"sum by \(([\w, ]+)\) \({ours}\)", self.promql)
+        if summed:
+            return Conversion(self.ours, sum_by=tuple(summed.group(1).replace(" ", "").split(",")))
+        return None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """Their series from one of ours: renamed, times `factor`, summed by `sum_by` labels."""
+
+    ours: str
+    factor: float = 1.0
+    sum_by: tuple[str, ...] | None = None
 
 
 class CollectorMapping(BaseModel):
@@ -109,13 +125,13 @@ class Mapping(BaseModel):
         """Their collector name -> ours, for the --[no-]collector.NAME flags accepted."""
         return {c.go: c.ours for c in self.collectors if c.flag and c.ours is not None}
 
-    def renames(self) -> dict[str, list[tuple[MetricMapping, float]]]:
-        """Our metric name -> the Go names published from it, each with its factor."""
-        found: dict[str, list[tuple[MetricMapping, float]]] = {}
+    def renames(self) -> dict[str, list[tuple[MetricMapping, Conversion]]]:
+        """Our metric name -> the Go names published from it, each with how."""
+        found: dict[str, list[tuple[MetricMapping, Conversion]]] = {}
         for m in self.metrics:
             conversion = m.conversion()
             if conversion is not None:
-                found.setdefault(conversion[0], []).append((m, conversion[1]))
+                found.setdefault(conversion.ours, []).append((m, conversion))
         return found
 
     def find(self, name: str) -> MetricMapping | None:

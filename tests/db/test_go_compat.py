@@ -112,7 +112,7 @@ def test_compat_publishes_their_names_with_their_types(
     for name in sorted(sample_names(theirs)):
         entry = mapping.find(name)
         conversion = entry.conversion() if entry is not None else None
-        if conversion is None or conversion[0] not in our_names:
+        if conversion is None or conversion.ours not in our_names:
             continue  # not derived by a rename, or ours has no such series on this server
         checked.append(name)
         if name not in our_names:

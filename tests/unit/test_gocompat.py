@@ -139,3 +139,16 @@ def test_collectors_name_ours_and_aliases_never_shadow_ours() -> None:
     flags = MAPPING.collector_flags()
     assert {"stat_statements": "statements", "postmaster": "server"}.items() <= flags.items()
     assert not set(flags) & builtins  # `--collector.database` stays ours
+
+
+def test_compat_sums_over_the_labels_theirs_lacks() -> None:
+    ours = FamilyWriter("pg_connections_backends", "Backends.", counter=False)
+    ours.add('{application_name="a",datname="d",state="idle",target="pg",user="u"}', 2.0)
+    ours.add('{application_name="b",datname="d",state="idle",target="pg",user="v"}', 3.0)
+    ours.add('{application_name="a",datname="d\\"q",state="active",target="pg",user="u"}', 1.0)
+    derived = {f.name: f for f in GoNames(servers={"pg": "db:5432"})([ours.rendered()])}
+    assert derived["pg_stat_activity_count"].samples.decode().splitlines() == [
+        'pg_stat_activity_count{target="pg",datname="d",state="idle",server="db:5432"} 5.0',
+        'pg_stat_activity_count{target="pg",datname="d\\"q",state="active",server="db:5432"} 1.0',
+    ]
+    assert derived["pg_stat_database_numbackends"].series == 2
