@@ -134,11 +134,12 @@ def test_compat_publishes_their_names_with_their_types(
     assert len(checked) >= 20, checked  # the comparison is not vacuous
 
     for name in SETTINGS:
-        [(_, their_value)] = samples_of(theirs, name)
+        [(their_labels, their_value)] = samples_of(theirs, name)
         [(labels, our_value)] = samples_of(ours, name)
         assert our_value == their_value, name
-        # Their `server` label: the same host:port as theirs (both from the same DSN).
-        assert labels == f'{{target="pg",server="127.0.0.1:{postgres.port}"}}'
+        # Their `server` label, the same value as theirs: both were given 127.0.0.1 and the port.
+        server = f'server="127.0.0.1:{postgres.port}"'
+        assert (their_labels, labels) == (f"{{{server}}}", f'{{target="pg",{server}}}')
 
 
 def test_compat_is_off_by_default_and_a_reload_switches_it(
