@@ -1,7 +1,8 @@
 """mapping.yaml as validated objects: which of our metrics replaces each of the Go exporter's.
 
-The one source of docs/migrating-from-postgres_exporter.md's tables (gocompat.guide) and of the
-tests that keep them true (every name of ours exists; every Go name is listed).
+The one source of docs/migrating-from-postgres_exporter.md's tables (gocompat.guide), of what
+`compat: postgres_exporter` publishes (exposition.compat, from `conversion`), and of the tests
+that keep them true (every name of ours exists; every Go name is listed).
 """
 
 import re
