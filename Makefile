@@ -11,10 +11,10 @@ PY_SOURCES := exporter tests bench dashboards deploy
 # .cache/tools, never installed system-wide (.ci/install-tools.sh); its bin comes first on PATH
 # for everything make runs.
 export PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
-TEST_TOOLS := prometheus prometheus-alertmanager pgbouncer
+TEST_TOOLS := prometheus prometheus-alertmanager pgbouncer prometheus-postgres-exporter
 BENCH_TOOLS := prometheus-postgres-exporter
 
-.PHONY: demo test test-unit test-majors test-tools bench-tools lint format metrics-doc dashboards screenshots bench bench-go bench-quick install clean
+.PHONY: demo test test-unit test-majors test-tools bench-tools lint format metrics-doc migration-doc dashboards screenshots bench bench-go bench-quick install clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "make: $(PYTHON) cannot create a virtualenv: run \`sudo apt-get install python3-venv\`, then make again" >&2; exit 1; }
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-## Prometheus, Alertmanager and PgBouncer for the tests, unpacked into .cache/tools.
+## Prometheus, Alertmanager, PgBouncer and the Go exporter (the mapping test) for the tests, unpacked into .cache/tools.
 test-tools:
 	@bash .ci/install-tools.sh $(TEST_TOOLS)
 	@bash .ci/install-chromium.sh
@@ -70,10 +70,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python dashboards/build.py --check
+	$(BIN)/python -m exporter.gocompat.guide --check
 
 format: $(STAMP)
 	$(BIN)/ruff format $(PY_SOURCES)
 	$(BIN)/ruff check --fix $(PY_SOURCES)
+
+## Regenerate the tables of docs/migrating-from-postgres_exporter.md from exporter/gocompat/mapping.yaml.
+migration-doc: $(STAMP)
+	$(BIN)/python -m exporter.gocompat.guide
 
 ## Regenerate METRICS.md from the collector catalogue (a test fails when it is stale).
 metrics-doc: $(STAMP)

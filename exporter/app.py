@@ -10,6 +10,7 @@ from types import TracebackType
 from exporter.collection import Scheduler
 from exporter.config import Config, TargetConfig
 from exporter.errors import ConfigError
+from exporter.exposition.compat import derive_for
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.logs import add_secrets
@@ -17,7 +18,7 @@ from exporter.targets import ServerFacts, TargetRegistry
 from exporter.web.config import OPEN, WebSecurity
 from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
-from exporter.web.server import MetricsServer
+from exporter.web.server import METRICS_PATH, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,16 @@ class Exporter:
     """The running daemon: background collection and the HTTP server."""
 
     def __init__(
-        self, config: Config, *, listen_address: str | None = None, web: WebSecurity = OPEN
+        self,
+        config: Config,
+        *,
+        listen_address: str | None = None,
+        web: WebSecurity = OPEN,
+        metrics_path: str = METRICS_PATH,
     ) -> None:
         self.config = config
-        self.store = Store(self_metrics=self_metrics)
+        self.metrics_path = metrics_path
+        self.store = Store(self_metrics=self_metrics, derive=derive_for(config))
         self.registry = TargetRegistry()
         # Jobs beyond the connection cap would only wait for a connection; a few extra threads
         # keep one target's slow collector from starving another target.
@@ -58,10 +65,11 @@ class Exporter:
         self.health = self._health(config)
         self.server = MetricsServer(
             self.store,
-            _landing(config),
+            _landing(config, metrics_path),
             self.health,
             listen_address or config.listen_address,
             web=web,
+            metrics_path=metrics_path,
         )
 
     def start(self) -> None:
@@ -150,8 +158,9 @@ class Exporter:
         for name in added + changed:
             self._add_target(new[name])
 
+        self.store.set_derive(derive_for(config))
         self.health = self._health(config)
-        self.server.set_pages(_landing(config), self.health)
+        self.server.set_pages(_landing(config, self.metrics_path), self.health)
         self.server.set_web(web)
         if config.listen_address != self.config.listen_address:
             log.warning(
@@ -180,8 +189,9 @@ class Exporter:
         self.stop()
 
 
-def _landing(config: Config) -> LandingPage:
+def _landing(config: Config, metrics_path: str = METRICS_PATH) -> LandingPage:
     return LandingPage(
+        metrics_path=metrics_path,
         target_dsns={t.name: t.safe_dsn() for t in config.targets},
         collectors={
             t.name: [

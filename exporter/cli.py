@@ -1,7 +1,9 @@
 """Command line, Prometheus style.
 
 pg-health-exporter [--config FILE] [--web.listen-address HOST:PORT] [--web.config.file FILE]
-                   [--log.level LEVEL] [--log.format logfmt|json] [--[no-]collector.NAME ...]
+                   [--web.telemetry-path PATH] [--log.level LEVEL] [--log.format logfmt|json]
+                   [--[no-]collector.NAME ...]
+(--config.file is --config spelled as Prometheus spells it; --log.level warn is warning.)
 pg-health-exporter check-config [--config FILE] [--web.config.file FILE]
 pg-health-exporter once [--config FILE]
 pg-health-exporter report [--config FILE] [--target NAME] [--format text|markdown|json]
@@ -19,18 +21,16 @@ from exporter import __version__
 from exporter.app import Exporter
 from exporter.catalogue import CollectorSpec, builtin_specs
 from exporter.collection import run_once
-from exporter.config import (
-    DEFAULT_LISTEN_ADDRESS,
-    Config,
-    config_from_environment,
-    load_config,
-)
+from exporter.config import DEFAULT_LISTEN_ADDRESS, Config
+from exporter.datasource import load
 from exporter.errors import ConfigError
+from exporter.gocompat import load_mapping
 from exporter.logs import setup
 from exporter.secretfiles import exposed_secret_files
 from exporter.signals import wait_for_signal
 from exporter.units import check_listen_address
 from exporter.web.config import OPEN, WebSecurity, load_web_config
+from exporter.web.server import METRICS_PATH, check_metrics_path
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -50,8 +50,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command != "demo":
         parser.add_argument(
             "--config",
+            "--config.file",  # the Prometheus tools' spelling
+            dest="config",
             type=Path,
-            help="config file (default: one target from the DATA_SOURCE_NAME environment variable)",
+            help="config file; without one, or when it names no targets, one target from "
+            "DATA_SOURCE_NAME, or DATA_SOURCE_URI with DATA_SOURCE_USER and DATA_SOURCE_PASS "
+            "(or their _FILE variants), as the Go postgres_exporter reads them",
         )
     if command in ("run", "demo"):
         parser.add_argument(
@@ -59,6 +63,14 @@ def _parser(command: str) -> argparse.ArgumentParser:
             dest="listen_address",
             help=f"address to serve /metrics on (default: {DEFAULT_LISTEN_ADDRESS}, "
             "or listen_address from the config)",
+        )
+    if command == "run":
+        parser.add_argument(
+            "--web.telemetry-path",
+            dest="telemetry_path",
+            default=METRICS_PATH,
+            metavar="PATH",
+            help=f"path to serve the metrics on (default: {METRICS_PATH})",
         )
     if command in ("run", "check-config"):
         parser.add_argument(
@@ -81,7 +93,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         dest="log_level",
         # The report is the output; the collection's progress lines would only be noise.
         default="warning" if command == "report" else "info",
+        # `warn` is the Go exporters' spelling (promlog); it means the same.
+        type=lambda level: "warning" if level == "warn" else level,
         choices=["debug", "info", "warning", "error"],
+        metavar="{debug,info,warn,warning,error}",
     )
     parser.add_argument(
         "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
@@ -94,6 +109,15 @@ def _parser(command: str) -> argparse.ArgumentParser:
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=f"enable or disable the {name} collector",
+            )
+        # The Go exporter's names, where one of ours covers theirs (docs/migrating-...).
+        for theirs, ours in load_mapping().collector_flags().items():
+            parser.add_argument(
+                f"--collector.{theirs}",
+                dest=f"collector_{ours}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"postgres_exporter's name for --[no-]collector.{ours}",
             )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -129,7 +153,7 @@ def _subcommands() -> str:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else config_from_environment()
+    config = load(args.config)
     switches = {
         name: getattr(args, f"collector_{name}")
         for name in builtin_specs()
@@ -183,6 +207,10 @@ def _run(args: argparse.Namespace) -> int:
     # The address first: a busy port fails at once, before the targets are even read.
     if args.listen_address:
         _check_listen(args.listen_address, "--web.listen-address")
+    try:
+        check_metrics_path(args.telemetry_path)
+    except ValueError as exc:
+        raise ConfigError([f"--web.telemetry-path: {exc}"]) from None
     config = _load(args)
     if not args.listen_address:
         _check_listen(config.listen_address, "listen_address")
@@ -192,12 +220,15 @@ def _run(args: argparse.Namespace) -> int:
     # Rendering in a job holds the GIL; a shorter switch interval lets a scrape that arrives
     # meanwhile be served in a millisecond or two instead of waiting up to 5 ms per switch.
     sys.setswitchinterval(0.001)
-    exporter = Exporter(config, listen_address=args.listen_address, web=web)
+    exporter = Exporter(
+        config, listen_address=args.listen_address, web=web, metrics_path=args.telemetry_path
+    )
     exporter.start()
     log.info(
         "serving metrics",
         extra={
             "address": args.listen_address or config.listen_address,
+            "path": args.telemetry_path,
             "tls": web.tls is not None,
             "basic_auth": web.auth is not None,
             "targets": ",".join(t.name for t in config.targets),

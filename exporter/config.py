@@ -29,6 +29,7 @@ from exporter.errors import ConfigError, validation_problems
 from exporter.units import Budget, Duration, parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = ":9188"
+NO_TARGETS = "none given, and neither DATA_SOURCE_NAME nor DATA_SOURCE_URI is set"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -136,7 +137,10 @@ class Config(BaseModel):
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     up_interval: Duration = 15.0
     max_age_intervals: float = Field(default=3.0, ge=1.0)
-    targets: tuple[TargetConfig, ...]
+    # `postgres_exporter`: also publish the Go exporter's names (docs/migrating-from-...md).
+    compat: Literal["none", "postgres_exporter"] = "none"
+    # Validated when absent too: its message names the environment's alternative.
+    targets: tuple[TargetConfig, ...] = Field(default=(), validate_default=True)
     collectors: dict[str, Any] = Field(default_factory=dict)
     # Resolved from `collectors`: built-ins with overrides, then custom definitions.
     catalogue: tuple[Collector, ...] = Field(default=(), exclude=True)
@@ -163,7 +167,7 @@ class Config(BaseModel):
     @classmethod
     def _named_once(cls, targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
         if not targets:
-            raise ValueError("give at least one target")
+            raise ValueError(NO_TARGETS)
         names = [t.name for t in targets]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -206,7 +210,8 @@ def _read_password_files(config: Config, problems: list[str]) -> Config:
             secret = target.password_file.read_text().rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(
-                f"targets.{index}.password_file: cannot read {target.password_file}: {_why(exc)}"
+                f"targets.{index}.password_file: cannot read {target.password_file}: "
+                + why_unreadable(exc)
             )
             targets.append(target)
         else:
@@ -214,14 +219,21 @@ def _read_password_files(config: Config, problems: list[str]) -> Config:
     return config.model_copy(update={"targets": tuple(targets)})
 
 
-def parse_config(raw: Any) -> Config:
-    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+def parse_config(raw: Any, *, default_targets: list[dict[str, Any]] | None = None) -> Config:
+    """Validate an already-parsed YAML document; raise ConfigError listing every problem.
+
+    `default_targets` stand in when the document names no targets (the environment's, see
+    exporter.datasource). They are added after `${VAR}` interpolation: values that came from
+    the environment are used as they are, so a password holding `${` stays that password.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of settings"])
     problems: list[str] = []
     raw = _interpolate(raw, "", problems)
+    if not raw.get("targets") and default_targets:
+        raw = {**raw, "targets": default_targets}
     config: Config | None = None
     try:
         config = _read_password_files(Config.model_validate(raw), problems)
@@ -242,7 +254,7 @@ def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {_why(exc)}"]) from None
+        raise ConfigError([f"{path}: cannot read: {why_unreadable(exc)}"]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -251,7 +263,7 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
 
 
-def _why(exc: OSError | UnicodeDecodeError) -> str:
+def why_unreadable(exc: OSError | UnicodeDecodeError) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8 text (byte {exc.start + 1})"
     return exc.strerror or str(exc)
@@ -260,13 +272,3 @@ def _why(exc: OSError | UnicodeDecodeError) -> str:
 def load_config(path: Path) -> Config:
     """Read and validate a config file."""
     return parse_config(read_yaml(path))
-
-
-def config_from_environment() -> Config:
-    """The Go exporter's convention: DATA_SOURCE_NAME alone defines one target, `default`."""
-    dsn = os.environ.get("DATA_SOURCE_NAME")
-    if not dsn:
-        raise ConfigError(
-            ["(top level): no configuration: pass --config FILE or set DATA_SOURCE_NAME"]
-        )
-    return parse_config({"targets": [{"name": "default", "dsn": dsn}]})

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from exporter.collection.jobs import CollectorJob, ProbeJob
 from exporter.config import Config
+from exporter.exposition.compat import derive_for
 from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.status import TargetStatus
@@ -30,7 +31,7 @@ class Collected:
 
 def run_once(config: Config) -> Collected:
     """Probe every target and run each enabled collector on it once, one after another."""
-    store = Store(self_metrics=self_metrics)
+    store = Store(self_metrics=self_metrics, derive=derive_for(config))
     registry = TargetRegistry()
     enabled = [c for c in config.catalogue if c.spec.enabled]
     try:

@@ -79,9 +79,20 @@ class Snapshot:
 SelfMetrics = Callable[[dict[str, TargetStatus]], Iterable[RenderedFamily]]
 
 
+# Families published besides a run's own, computed from them (compat.GoNames).
+Derive = Callable[[Sequence[RenderedFamily]], Sequence[RenderedFamily]]
+
+
 class Store:
-    def __init__(self, *, self_metrics: SelfMetrics, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        self_metrics: SelfMetrics,
+        clock: Callable[[], float] = time.monotonic,
+        derive: Derive | None = None,
+    ):
         self._self_metrics = self_metrics
+        self._derive = derive
         self._clock = clock
         self._lock = threading.Lock()
         self._parts: dict[PartKey, Part] = {}
@@ -117,6 +128,9 @@ class Store:
             if marks:
                 families = [f for f in (_without(f, marks) for f in families) if f.series]
         part = None
+        derive = self._derive
+        if families is not None and derive is not None:
+            families = (*families, *derive(families))
         if families is not None:  # compressed here, on the job's thread, outside the lock
             part = Part(
                 tuple(families),
@@ -139,6 +153,12 @@ class Store:
             self._targets[target] = replace(
                 current, collectors=collectors, reach=_newer(current.reach, reach)
             )
+            self._snapshot = None
+
+    def set_derive(self, derive: Derive | None) -> None:
+        """From each collector's next run on (a reload's `compat`); the self-metrics at once."""
+        with self._lock:
+            self._derive = derive
             self._snapshot = None
 
     def publish_target(
@@ -230,6 +250,8 @@ class Store:
         live = [part for _, part in sorted(self._parts.items()) if part.expires_at > now]
         valid_until = min((part.expires_at for part in live), default=float("inf"))
         own = tuple(self._self_metrics(dict(self._targets)))
+        if self._derive is not None:  # their names for pg_up, the collectors' states...
+            own = (*own, *self._derive(own))
         live.append(Part(own, 0.0, now, float("inf"), deflate_piece(_text(own))))
         by_name: dict[str, list[tuple[Part, int]]] = {}
         for part in live:

@@ -20,8 +20,10 @@ class LandingPage:
         *,
         target_dsns: dict[str, str],
         collectors: Mapping[str, Sequence[str]] | None = None,
+        metrics_path: str = "/metrics",
     ) -> None:
         self._dsns = target_dsns  # already stripped of passwords
+        self._metrics_path = metrics_path  # --web.telemetry-path
         # Each target's enabled collectors: listed as "not run yet" until their first run.
         self._collectors = collectors or {}
 
@@ -56,7 +58,8 @@ class LandingPage:
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;"
             "text-align:left}</style></head><body>"
-            f"<h1>pg-health-exporter {__version__}</h1><p><a href='/metrics'>Metrics</a> · "
+            f"<h1>pg-health-exporter {__version__}</h1>"
+            f"<p><a href='{escape(self._metrics_path)}'>Metrics</a> · "
             "<a href='/health'>Health page</a>: the findings and their fixes "
             "(<a href='/health.json'>JSON</a>) · <a href='/healthz'>Liveness</a></p>"
             + "".join(rows)

@@ -45,6 +45,9 @@ WRITE_TIMEOUT = 30.0  # seconds to send a response: a 13 MB body at ~450 kB/s
 MAX_REQUEST_LINE = 8192  # bytes, the URL included: beyond it 414
 MAX_HEAD = 16384  # bytes of request line and headers: beyond them 431
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+METRICS_PATH = "/metrics"
+# The paths served besides the metrics: --web.telemetry-path may not hide one of them.
+_OTHER_PATHS = ("/", "/healthz", "/health", "/health.json")
 _DEADLINES = Watchdog("http-deadlines")
 
 
@@ -55,6 +58,17 @@ def connection_cap() -> int:
     if soft == resource.RLIM_INFINITY:
         return 1024
     return max(16, min(1024, soft // 2))
+
+
+def check_metrics_path(path: str) -> str:
+    """`path` if /metrics may be served there (--web.telemetry-path), else ValueError."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} must start with /")
+    if any(c in path for c in "?# ") or not path.isprintable():
+        raise ValueError(f"{path!r} is not a plain URL path")
+    if path in _OTHER_PATHS:
+        raise ValueError(f"{path} is already served (the other pages: {', '.join(_OTHER_PATHS)})")
+    return path
 
 
 def accepts_gzip(header: str | None) -> bool:
@@ -233,6 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
     landing: ClassVar[LandingPage]
     health: ClassVar[HealthPage]
     web: ClassVar[WebSecurity]  # replaced whole on reload; each request reads it once
+    metrics_path: ClassVar[str]
     server_version = f"pg-health-exporter/{__version__}"
     server: _Server
 
@@ -304,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        if path == self.metrics_path:
             self._metrics()
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
@@ -364,12 +379,19 @@ class MetricsServer:
         *,
         web: WebSecurity = OPEN,
         max_connections: int | None = None,
+        metrics_path: str = METRICS_PATH,
     ) -> None:
         host, port = parse_listen_address(listen_address)
         self._handler: type[_Handler] = type(
             "Handler",
             (_Handler,),
-            {"store": store, "landing": landing, "health": health, "web": web},
+            {
+                "store": store,
+                "landing": landing,
+                "health": health,
+                "web": web,
+                "metrics_path": check_metrics_path(metrics_path),
+            },
         )
         server_class = _Server6 if ":" in host else _Server
         cap = max_connections or connection_cap()

@@ -58,6 +58,7 @@ NOT_RUN = {
     "screenshots",
     "make dashboards": "rewrites dashboards/*.json; test_dashboards checks they are current",
     "make metrics-doc": "rewrites METRICS.md; test_metricsdoc checks it is current",
+    "make migration-doc": "rewrites the guide's tables; test_gocompat checks they are current",
     "make bench": "15-40 minutes, and rewrites BENCHMARKS.md",
     "pip install .": "installs into the Python that runs it; this suite runs from .venv, where "
     "make install put the same package",

@@ -25,22 +25,22 @@ class Daemon:
 
     def __init__(
         self,
-        config: Path,
+        config: Path | None,
         *args: str,
         env: dict[str, str] | None = None,
         cwd: Path = REPO,
         nofile: int | None = None,
     ) -> None:
-        """`nofile`: the child's limit on open file descriptors (`ulimit -n`), set by the
-        child itself before the exporter starts."""
+        """`config` None: no --config (the target from the environment). `nofile`: the
+        child's limit on open file descriptors (`ulimit -n`), set by the child itself before
+        the exporter starts."""
         start = ["-m", "exporter"] if nofile is None else ["-c", _LIMITED, str(nofile)]
         self.port = free_port()
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 *start,
-                "--config",
-                str(config),
+                *(["--config", str(config)] if config is not None else []),
                 "--web.listen-address",
                 f"127.0.0.1:{self.port}",
                 *args,

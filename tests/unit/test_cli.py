@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.cli import _COMMANDS, main
+from exporter.cli import _COMMANDS, _load, _parser, main
 from support import REPO
 
 TARGET = {"name": "main", "dsn": "host=127.0.0.1 port=1 dbname=postgres"}
@@ -123,3 +123,70 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     for name in subcommands:
         assert re.search(rf"^  {re.escape(name)} +\S", out, re.MULTILINE), name
         assert name in out.split("options:")[0]  # named in the description too, at the top
+
+
+# The flags and variables of the Go postgres_exporter, as its users type them.
+
+
+def test_config_file_is_the_prometheus_spelling_of_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"targets": [TARGET]}))
+    assert main(["check-config", "--config.file", str(config)]) == 0
+    assert "config OK: 1 target(s)" in capsys.readouterr().out
+    config.write_text(yaml.safe_dump({"targets": [{**TARGET, "max_connections": 1}]}))
+    assert check_config_error(config, capsys).startswith(
+        "configuration error: targets.0.max_connections: "
+    )
+
+
+def test_environment_problems_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATA_SOURCE_NAME", raising=False)
+    monkeypatch.setenv("DATA_SOURCE_URI", "db/app")
+    monkeypatch.setenv("DATA_SOURCE_PASS_FILE", "/nonexistent/pass")
+    assert main(["check-config"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "configuration error: DATA_SOURCE_PASS_FILE: cannot read /nonexistent/pass: "
+        "No such file or directory"
+    ]
+    monkeypatch.setenv("DATA_SOURCE_URI", "db:notaport/app")
+    assert main(["check-config"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "configuration error: DATA_SOURCE_URI: port 'notaport' is not a number"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [("metrics", "'metrics' must start with /"), ("/healthz", "/healthz is already served")],
+)
+def test_bad_telemetry_path_exits_2_naming_the_flag(path: str, why: str) -> None:
+    line = one_line_error(run_cli("--web.telemetry-path", path))
+    assert line.startswith(f"configuration error: --web.telemetry-path: {why}")
+
+
+def test_log_level_warn_is_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"targets": [TARGET]}))
+    assert main(["check-config", "--config", str(config), "--log.level", "warn"]) == 0
+    result = run_cli("check-config", "--config", str(config), "--log.level", "verbose")
+    assert result.returncode == 2
+    assert "argument --log.level: invalid choice: 'verbose'" in result.stderr
+
+
+def test_their_collector_flags_switch_ours(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"targets": [TARGET]}))
+    args = _parser("run").parse_args(
+        ["--config", str(config), "--no-collector.stat_statements", "--collector.stat_user_tables"]
+    )
+    loaded = _load(args)
+    assert not loaded.collector("statements").spec.enabled
+    assert loaded.collector("tables").spec.enabled
+    # Where their name is also ours, the flag is ours: --no-collector.database is pg_stat_database.
+    args = _parser("run").parse_args(["--config", str(config), "--no-collector.database"])
+    assert not _load(args).collector("database").spec.enabled
+    assert _load(args).collector("database_size").spec.enabled

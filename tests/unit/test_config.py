@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import config_from_environment, load_config, parse_config
+from exporter.config import load_config, parse_config
 from exporter.errors import ConfigError
 from exporter.targets.sessions import session_options
 from support import REPO
@@ -52,8 +52,11 @@ BAD_CONFIGS = [
         {"targets": [{**TARGET, "database_time_budget": "lots"}]},
         "targets.0.database_time_budget: expected database time per minute",
     ),
-    ({"targets": []}, "targets: give at least one target"),
-    ({}, "targets: Field required"),
+    (
+        {"targets": []},
+        "targets: none given, and neither DATA_SOURCE_NAME nor DATA_SOURCE_URI is set",
+    ),
+    ({}, "targets: none given, and neither DATA_SOURCE_NAME nor DATA_SOURCE_URI is set"),
     ({"targets": [TARGET, TARGET]}, "targets: duplicate target name(s): main"),
     ({"targets": [{"name": "x"}]}, "targets.0.dsn: Field required"),
     (
@@ -154,16 +157,6 @@ def test_password_file(tmp_path: Path) -> None:
     assert missing[0].startswith("targets.0.password_file: cannot read")
     both = problems_of({"targets": [{**TARGET, "password_file": str(secret), "password": "x"}]})
     assert any("give password or password_file, not both" in p for p in both)
-
-
-def test_data_source_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATA_SOURCE_NAME", "postgresql://u:pw@db:5432/app")
-    config = config_from_environment()
-    assert [t.name for t in config.targets] == ["default"]
-    assert config.targets[0].safe_dsn() == "user=u dbname=app host=db port=5432"
-    monkeypatch.delenv("DATA_SOURCE_NAME")
-    with pytest.raises(ConfigError, match="DATA_SOURCE_NAME"):
-        config_from_environment()
 
 
 CUSTOM: dict[str, Any] = {
