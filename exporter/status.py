@@ -30,6 +30,10 @@ class CollectorStatus:
     message: str = ""  # the error or the reason it is unavailable
     interval: float = 0.0  # seconds between runs now: as configured, or stretched by the budget
     database_seconds_total: float = 0.0  # how long its statements kept the server busy, in all
+    # Saturation: runs that did not happen (the previous one still running, or no worker free
+    # in time), and how late the last one started after its interval (and jitter).
+    runs_skipped_total: int = 0
+    late_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

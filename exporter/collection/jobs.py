@@ -43,6 +43,15 @@ _UNAVAILABLE_ERRORS = (
 )
 
 
+MAX_JITTER_SECONDS = 5.0
+
+
+def jitter(interval: float) -> float:
+    """How far past its interval a run may start at random, to spread runs of the same
+    interval; beyond that it is late."""
+    return min(interval * 0.1, MAX_JITTER_SECONDS)
+
+
 class ProbeJob:
     """The `up` job: log in anew and refresh the server facts; pg_up follows the outcome."""
 
@@ -107,6 +116,9 @@ class CollectorJob:
     # The scheduler's budget: it may stretch the interval after an expensive run.
     on_cost: CostListener | None = None
     _busy: float = 0.0  # this run's database time so far
+    skipped: int = 0  # runs the scheduler skipped (counted on its thread; see Scheduler)
+    behind: bool = False  # warned that it cannot keep its interval, not on time since
+    _last_started: float | None = None  # monotonic
 
     @property
     def name(self) -> str:
@@ -114,6 +126,13 @@ class CollectorJob:
 
     def __call__(self) -> None:
         started = time.monotonic()
+        late = 0.0
+        if self._last_started is not None:
+            interval = self.status.interval or self.collector.spec.interval
+            late = max(0.0, started - self._last_started - interval - jitter(interval))
+        self._last_started = started
+        if late == 0.0:
+            self.behind = False
         self._busy = 0.0
         outcome = self._outcome()
         if self.target.closing:
@@ -132,6 +151,8 @@ class CollectorJob:
             message=outcome.message,
             interval=interval,
             database_seconds_total=previous.database_seconds_total + self._busy,
+            runs_skipped_total=self.skipped,
+            late_seconds=late,
         )
         self.store.publish(
             self.target.name,

@@ -15,19 +15,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.catalogue import Collector
 from exporter.collection.budget import Budget
-from exporter.collection.jobs import CollectorJob, ProbeJob
+from exporter.collection.jobs import CollectorJob, ProbeJob, jitter
 from exporter.collection.run import QueryMemory
 from exporter.exposition.store import Store
 from exporter.targets import Target
 
 log = logging.getLogger(__name__)
 
-MAX_JITTER_SECONDS = 5.0
 PROBE_WORKERS = 2
 # At start-up, the slower collectors' first runs follow the fast ones' this far apart.
 FIRST_RUN_SPACING_SECONDS = 0.1
@@ -38,10 +38,6 @@ RESCHEDULE_TOLERANCE = 0.1
 def _probe_id(target: str) -> str:
     # Not "<target>/up": a custom collector may be named `up`, and its job is "<target>/up".
     return f"{target}/(probe)"
-
-
-def _jitter(interval: float) -> float:
-    return min(interval * 0.1, MAX_JITTER_SECONDS)
 
 
 _Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -166,6 +162,7 @@ class Scheduler:
         return list(self._collectors)
 
     def start(self) -> None:
+        self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self._scheduler.start()
         self._rescheduler.start()
 
@@ -184,7 +181,7 @@ class Scheduler:
             ProbeJob(target, self._store),
             "interval",
             seconds=self._up_interval,
-            jitter=_jitter(self._up_interval),
+            jitter=jitter(self._up_interval),
             next_run_time=now,
             id=_probe_id(target.name),
             executor="probes",
@@ -220,6 +217,7 @@ class Scheduler:
             # The status goes on (errors_total is a counter); the capped queries' choices too,
             # so a reload does not churn series. Results of the old definition do not.
             job.status = previous.status
+            job.skipped = previous.skipped
             job.memory = {db: QueryMemory(chosen=m.chosen) for db, m in previous.memory.items()}
         job_id = f"{target.name}/{collector.name}"
         with self._lock:
@@ -229,11 +227,35 @@ class Scheduler:
             job,
             "interval",
             seconds=interval,
-            jitter=_jitter(interval),
+            jitter=jitter(interval),
             next_run_time=now,
             id=job_id,
             misfire_grace_time=max(1, int(interval)),
         )
+
+    def _on_skipped(self, event: JobEvent) -> None:
+        """A run that did not happen: the last one still runs (max_instances), or it could
+        not start within its misfire grace time (every worker busy). On the scheduler's
+        thread: counts and logs, and calls nothing of APScheduler's."""
+        with self._lock:
+            job = self._jobs.get(event.job_id)
+        if job is None:
+            return  # a probe: its lateness is pg_up's staleness
+        job.skipped += 1
+        if not job.behind:
+            job.behind = True
+            still_running = event.code == EVENT_JOB_MAX_INSTANCES
+            log.warning(
+                "collector cannot keep its interval",
+                extra={
+                    "target": job.target.name,
+                    "collector": job.name,
+                    "interval": job.status.interval or job.collector.spec.interval,
+                    "reason": "its last run is still running"
+                    if still_running
+                    else "no worker was free in time",
+                },
+            )
 
     def remove_target(self, name: str) -> None:
         self._targets.pop(name, None)
@@ -293,7 +315,7 @@ class Scheduler:
             job_id,
             trigger="interval",
             seconds=interval,
-            jitter=_jitter(interval),
+            jitter=jitter(interval),
             start_date=start,
         )
         # What it published stays until its next run, however far that moved.
@@ -329,7 +351,7 @@ class Scheduler:
                     _probe_id(target.name),
                     trigger="interval",
                     seconds=up_interval,
-                    jitter=_jitter(up_interval),
+                    jitter=jitter(up_interval),
                 )
             for name, collector in new.items():
                 if old.get(name) == collector and not ages_changed:

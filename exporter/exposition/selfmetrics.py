@@ -150,6 +150,18 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
         "exporter's clock): its cost on the monitored database.",
         labels=per_collector,
     )
+    skipped = _counter(
+        "pg_exporter_collector_runs_skipped",
+        "Runs of the collector that did not happen: its last run was still going, or no "
+        "worker was free in time. Rising: the target cannot keep this interval.",
+        labels=per_collector,
+    )
+    late = _gauge(
+        "pg_exporter_collector_late_seconds",
+        "How late the collector's last run started, beyond its interval and jitter "
+        "(waiting for a worker, or for its previous run).",
+        labels=per_collector,
+    )
     budget = _gauge(
         "pg_exporter_database_time_budget_ratio",
         "Database time per second the target's collectors may use (0.005: half a percent "
@@ -192,6 +204,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
             if collector.interval:
                 interval.add_metric(labels, collector.interval)
             database_time.add_metric(labels, collector.database_seconds_total)
+            skipped.add_metric(labels, collector.runs_skipped_total)
+            late.add_metric(labels, collector.late_seconds)
             collector_up.add_metric(labels, 1 if collector.state == State.OK else 0)
             unavailable = collector.state == State.UNAVAILABLE
             reason = collector.message if unavailable else ""
@@ -207,6 +221,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
         available,
         interval,
         database_time,
+        skipped,
+        late,
         *([budget] if budget.samples else []),
         *(family for family in (not_visited, *pool.values()) if family.samples),
     ]

@@ -1,6 +1,10 @@
 """Scheduling: the probe's job and the collectors' jobs never collide."""
 
+import logging
 from collections.abc import Callable
+
+import psycopg
+import pytest
 
 from exporter.app import Exporter
 from exporter.config import Config
@@ -29,3 +33,38 @@ def test_custom_collector_named_up(
         )
 
     wait_for(both, what="pg_up and the `up` collector's metric")
+
+
+def test_a_collector_that_cannot_keep_its_interval_is_seen_and_logged(
+    postgres: LocalPostgres,
+    run_exporter: Callable[[Config], Exporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Saturation is never silent: runs skipped are counted, lateness published, one warning."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        for db in ("slow_a", "slow_b", "slow_c"):
+            conn.execute(f"DROP DATABASE IF EXISTS {db}")
+            conn.execute(f"CREATE DATABASE {db}")
+    # Three databases of 0.6 s each: a run takes about 1.8 s, every second.
+    slow = {
+        "help": "Slow in every database.",
+        "scope": "database",
+        "databases": ["slow_.*"],
+        "interval": "1s",
+        "timeout": "1s",
+        "queries": [{"sql": "SELECT 1 AS here FROM pg_sleep(0.6)", "metrics": {"here": "gauge"}}],
+    }
+    caplog.set_level(logging.WARNING, logger="exporter.collection.scheduler")
+    exporter = run_exporter(exporter_config(postgres.dsn(), collectors={"slow": slow}))
+    port = exporter.server.port
+
+    def skipped_and_late() -> bool:
+        samples = scrape(port)
+        skipped = value(samples, "pg_exporter_collector_runs_skipped_total", collector="slow")
+        late = value(samples, "pg_exporter_collector_late_seconds", collector="slow")
+        return bool(skipped) and bool(late)
+
+    wait_for(skipped_and_late, timeout=30, what="skipped runs and a late start published")
+    warnings = [r for r in caplog.records if r.getMessage() == "collector cannot keep its interval"]
+    assert len(warnings) == 1, warnings  # once, not once per skipped run
+    assert getattr(warnings[0], "collector", None) == "slow"
