@@ -329,8 +329,11 @@ class TargetConnections:
             except psycopg.OperationalError as exc:
                 raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = reply_limit
-            with conn, self._in_use(conn):
-                yield conn
+            try:
+                with self._in_use(conn):
+                    yield conn
+            finally:
+                _close_and_wait(conn)
         finally:
             self._visits.release()
 
@@ -364,8 +367,11 @@ class TargetConnections:
             except psycopg.OperationalError as exc:
                 raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = seconds  # and never past the deadline
-            with conn, self._in_use(conn):
-                yield conn
+            try:
+                with self._in_use(conn):
+                    yield conn
+            finally:
+                _close_and_wait(conn)
 
     def _take_a_slot(self, slot: ExitStack, seconds: float) -> None:
         """Make room for one new session within max_connections, waiting up to `seconds`."""
@@ -380,7 +386,7 @@ class TargetConnections:
         except PoolClosed:
             raise ConnectFailed(STOPPING) from None
         else:
-            pooled.close()
+            _close_and_wait(pooled)
             slot.callback(self._pool.putconn, pooled)
             return
         if self._visits.acquire(seconds / 2, probe=True):
@@ -407,13 +413,43 @@ class TargetConnections:
         if not self._visits.acquire(0):
             return busy
         try:
-            with self._connect(self._target.conninfo(), **self._kwargs) as conn:
-                conn.reply_limit = self._idle_limit
-                return busy
+            conn = self._connect(self._target.conninfo(), **self._kwargs)
+            _close_and_wait(conn)
+            return busy
         except psycopg.Error as exc:
             return ConnectFailed(first_line(exc))
         finally:
             self._visits.release()
+
+
+# How long closing a session waits for its server process to be gone (see _close_and_wait).
+CLOSE_WAIT_SECONDS = 0.5
+
+
+def _close_and_wait(conn: psycopg.Connection[Any]) -> None:
+    """Close the session and wait (briefly) until its server process has exited.
+
+    libpq's close only sends the server a Terminate message; the backend goes on counting
+    against max_connections (and the role's CONNECTION LIMIT) until it has exited, which
+    closes its end of the socket. A session opened in the slot the moment it is released
+    would otherwise be the cap plus one on the server, and refused at a role limit equal to
+    the cap. A copy of the socket, kept past the close, sees that end of file.
+    """
+    if conn.closed:
+        return
+    try:
+        copy = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        conn.close()
+        return
+    with copy:
+        conn.close()
+        copy.settimeout(CLOSE_WAIT_SECONDS)
+        try:
+            while copy.recv(4096):
+                pass  # anything still in flight; the server's end of file ends it
+        except OSError:
+            pass  # timed out (a frozen server), or reset: nothing more to wait for
 
 
 def _raw_bytes_from_sql_ascii(conn: psycopg.Connection[Any]) -> None:

@@ -187,7 +187,9 @@ class LocalPrometheus(_Process):
         alertmanager_url: str | None = None,
         interval: str = "1s",
         binary: str | None = None,
+        scrape_configs: Sequence[dict[str, Any]] | None = None,
     ) -> None:
+        """`scrape_configs`, when given, replace the one job scraping `targets`."""
         found = binary or find_binary("prometheus")
         if found is None:
             raise StackError(
@@ -198,7 +200,9 @@ class LocalPrometheus(_Process):
         config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [
+            "scrape_configs": list(scrape_configs)
+            if scrape_configs is not None
+            else [
                 {"job_name": "pg-health-exporter", "static_configs": [{"targets": list(targets)}]}
             ],
         }
