@@ -4,6 +4,7 @@ Deployment runs the exporter with arguments and a config its own check-config ac
 security settings a reviewer looks for are there. No cluster is needed, so the manifests are
 checked on every run and cannot rot unnoticed."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -282,3 +283,11 @@ def test_probe_example_targets_the_service() -> None:
     ]
     readme = (KUBERNETES / "examples" / "probe" / "README.md").read_text()
     assert "needs the exporter's `/probe` endpoint" in readme
+
+
+def test_readme_links_resolve() -> None:
+    """The READMEs of deploy/kubernetes link files by relative path: each must exist."""
+    for readme in KUBERNETES.rglob("README.md"):
+        for link in re.findall(r"\]\(([^)#]+)\)", readme.read_text()):
+            if "://" not in link:
+                assert (readme.parent / link).exists(), f"{readme}: {link}"
