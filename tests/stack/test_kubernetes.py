@@ -222,6 +222,7 @@ def test_password_comes_from_the_secret_as_a_file() -> None:
 
 
 def test_security_context() -> None:
+    """What the `restricted` Pod Security Standard requires, and a read-only root."""
     pod = only("base", "Deployment")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
