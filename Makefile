@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
 TEST_TOOLS := prometheus prometheus-alertmanager pgbouncer prometheus-postgres-exporter
 BENCH_TOOLS := prometheus-postgres-exporter
 
-.PHONY: demo test test-unit test-majors test-tools bench-tools lint format metrics-doc migration-doc dashboards screenshots bench bench-go bench-quick install clean
+.PHONY: demo test test-unit test-majors test-tools bench-tools lint format metrics-doc migration-doc dashboards kubernetes screenshots bench bench-go bench-quick install clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "make: $(PYTHON) cannot create a virtualenv: run \`sudo apt-get install python3-venv\`, then make again" >&2; exit 1; }
@@ -70,6 +70,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python dashboards/build.py --check
+	$(BIN)/python deploy/kubernetes/prometheusrule.py --check
 	$(BIN)/python -m exporter.gocompat.guide --check
 
 format: $(STAMP)
@@ -87,6 +88,10 @@ metrics-doc: $(STAMP)
 ## Regenerate the Grafana dashboards' JSON from dashboards/build.py (lint fails when stale).
 dashboards: $(STAMP)
 	$(BIN)/python dashboards/build.py
+
+## Regenerate deploy/kubernetes/base/prometheusrule.yaml from alerts/ (lint fails when stale).
+kubernetes: $(STAMP)
+	$(BIN)/python deploy/kubernetes/prometheusrule.py
 
 ## Retake the health page's screenshots (docs/health-page-*.png) from the demo in headless
 ## Chromium (Debian's chromium package, which make test installs as root).

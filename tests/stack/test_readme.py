@@ -62,6 +62,8 @@ NOT_RUN = {
     "make bench": "15-40 minutes, and rewrites BENCHMARKS.md",
     "pip install .": "installs into the Python that runs it; this suite runs from .venv, where "
     "make install put the same package",
+    "kubectl apply -k deploy/kubernetes/base": "needs a cluster; test_kubernetes renders the "
+    "same layout with kubectl kustomize and checks what it holds",
 }
 
 
