@@ -63,7 +63,9 @@ class ProbeJob:
     def __call__(self) -> None:
         target = self.target
         facts = None
-        with contextlib.suppress(ConnectFailed):  # recorded by the target, with one log line
+        # Down: recorded by the target, with one log line. Busy (every session in use, the
+        # server answering): nothing learnt, pg_up stays as it was.
+        with contextlib.suppress(ConnectFailed, PoolBusy):
             facts = target.refresh()
         if target.closing:
             return  # stopping, or the target was removed: nothing to tell

@@ -19,6 +19,7 @@ login takes that slot first (or an idle pooled connection's place).
 import math
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -213,6 +214,8 @@ class TargetConnections:
         self._lock = threading.Lock()
         self._closing = False
         self._used: set[BoundedConnection] = set()  # sessions jobs hold now: close() cuts them
+        # Where the last new login reached the server: (host or socket directory, port).
+        self._address: tuple[str, int] | None = None
         self._pool = ConnectionPool(
             target.conninfo(),
             kwargs=self._kwargs,
@@ -353,7 +356,7 @@ class TargetConnections:
         started = time.monotonic()
         self._check_open()
         with _within(seconds), ExitStack() as slot:
-            self._take_a_slot(slot, seconds / 2)
+            self._take_a_slot(slot, seconds / 2, reported=seconds)
             left = seconds - (time.monotonic() - started)
             # libpq takes whole seconds, at least 2.
             options = {**self._kwargs, "connect_timeout": max(2, math.ceil(left))}
@@ -367,14 +370,17 @@ class TargetConnections:
             except psycopg.OperationalError as exc:
                 raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = seconds  # and never past the deadline
+            self._address = (conn.info.host, conn.info.port)
             try:
                 with self._in_use(conn):
                     yield conn
             finally:
                 _close_and_wait(conn)
 
-    def _take_a_slot(self, slot: ExitStack, seconds: float) -> None:
-        """Make room for one new session within max_connections, waiting up to `seconds`."""
+    def _take_a_slot(self, slot: ExitStack, seconds: float, *, reported: float) -> None:
+        """Make room for one new session within max_connections, waiting up to `seconds`
+        (and as long again for the server to answer, when every session stays busy: the
+        probe's whole time, `reported`)."""
         if self._visits.acquire(0, probe=True):
             slot.callback(self._visits.release)
             return
@@ -393,11 +399,12 @@ class TargetConnections:
             slot.callback(self._visits.release)
             return
         self._check_open()
-        raise ConnectFailed(
-            f"all {self._target.max_connections} of the exporter's sessions stayed busy for "
-            f"{seconds:g}s, so no new login could show the server answers (frozen or "
-            "overloaded, or max_connections too small for the collectors)"
-        )
+        # Every session busy: long statements on a healthy server, or all stuck on a frozen
+        # one. The postmaster tells which without a login (no session slot taken).
+        busy = f"all {self._target.max_connections} of the exporter's sessions stayed busy"
+        if postmaster_answers(self._address, seconds) is False:
+            raise ConnectFailed(f"no answer to a new connection within {reported:g}s ({busy})")
+        raise PoolBusy(f"{busy} for {seconds:g}s (the server answers: only busy)")
 
     def stats(self) -> dict[str, int]:
         """The pool's own counters (psycopg_pool's get_stats())."""
@@ -420,6 +427,38 @@ class TargetConnections:
             return ConnectFailed(first_line(exc))
         finally:
             self._visits.release()
+
+
+# PostgreSQL's SSLRequest code: any postmaster answers it with one byte, before any login.
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+def postmaster_answers(address: tuple[str, int] | None, seconds: float) -> bool | None:
+    """Whether the server at `address` answers an SSLRequest within `seconds`: True, False,
+    or None when the address is not known (no login has succeeded yet).
+
+    It proves the server is alive without taking a session: the request is answered ('S' or
+    'N') before authentication, and the connection closed then never counts against
+    max_connections. A frozen server's kernel accepts the connection, but nothing answers.
+    """
+    if address is None:
+        return None
+    host, port = address
+    try:
+        if host.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(seconds)
+            sock.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            sock = socket.create_connection((host, port), timeout=seconds)
+    except OSError:
+        return False
+    with sock:
+        try:
+            sock.sendall(_SSL_REQUEST)
+            return len(sock.recv(1)) == 1
+        except OSError:
+            return False
 
 
 # How long closing a session waits for its server process to be gone (see _close_and_wait).
