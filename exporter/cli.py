@@ -193,7 +193,7 @@ def _warn_exposed(config: Config, path: Path | None) -> None:
 
 
 def _secrets(config: Config) -> list[str]:
-    return [secret for target in config.targets for secret in target.secrets()]
+    return config.secrets()
 
 
 def _check_listen(address: str, source: str) -> None:

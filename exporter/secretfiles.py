@@ -23,9 +23,11 @@ def exposed_secret_files(config: Config, config_path: Path | None) -> list[tuple
     found: list[tuple[Path, int]] = []
     if config_path is not None and _holds_secret(config_path):
         found += _if_readable_by_others(config_path)
-    for target in config.targets:
-        if target.password_file is not None:
-            found += _if_readable_by_others(target.password_file)
+    files = [t.password_file for t in config.targets]
+    files += [m.password_file for m in config.auth_modules.values()]
+    for file in files:
+        if file is not None:
+            found += _if_readable_by_others(file)
     return found
 
 
@@ -36,6 +38,11 @@ def _holds_secret(path: Path) -> bool:
     except ConfigError:
         return False
     targets = raw.get("targets") if isinstance(raw, dict) else None
+    modules = raw.get("auth_modules") if isinstance(raw, dict) else None
+    if isinstance(modules, dict) and any(
+        isinstance(m, dict) and _literal(m.get("password")) for m in modules.values()
+    ):
+        return True
     for target in targets if isinstance(targets, list) else []:
         if not isinstance(target, dict):
             continue
