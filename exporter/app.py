@@ -57,8 +57,10 @@ class Exporter:
         # Jobs beyond the connection cap would only wait for a connection; a few extra threads
         # keep one target's slow collector from starving another target.
         workers = max(4, sum(t.max_connections for t in config.targets) + 2)
-        if config.probe.enabled:  # probed targets come and go: a few threads for them
-            workers += 4
+        if config.probe.enabled:
+            # Probed targets come and go; threads start only when jobs wait, so the cap costs
+            # nothing until it is needed. Sized once: a reload keeps the pool.
+            workers += min(2 * config.probe.max_targets, 32)
         self.scheduler = Scheduler(
             self.store,
             config.catalogue,

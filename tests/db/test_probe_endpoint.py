@@ -26,11 +26,13 @@ pytestmark = pytest.mark.any_major
 FAST = {"interval": "1s", "timeout": "1s"}
 
 
-def probe_config(**probe: Any) -> Config:
-    """No configured target: /probe for 127.0.0.0/8 only, the fast collectors every second."""
+def probe_config(targets: list[dict[str, Any]] | None = None, **probe: Any) -> Config:
+    """/probe for 127.0.0.0/8 only (no configured target unless given), the fast collectors
+    every second."""
     running = {"database": FAST, "connections": FAST}
     return parse_config(
         {
+            "targets": targets or [],
             "up_interval": "1s",
             "collectors": {n: running.get(n, {"enabled": False}) for n in builtin_specs()},
             "probe": {"allow": ["127.0.0.0/8"], **probe},
@@ -108,6 +110,28 @@ def test_the_first_probe_registers_later_probes_serve_its_own_series(
     everything = scrape(port)
     assert value(everything, "pg_up", target=shared) == 1
     assert value(everything, "pg_up", target=private) == 1
+
+
+def test_configured_and_probed_targets_coexist(
+    postgres: LocalPostgres, run_exporter: RunExporter
+) -> None:
+    config = probe_config([{"name": "static", "dsn": postgres.dsn(), "connect_timeout": "2s"}])
+    port = run_exporter(config).server.port
+    target = address(postgres)
+    probe(port, target)
+    wait_for(
+        lambda: value(probed(port, target), "pg_connections_max", target=target),
+        what="the probed target collected",
+    )
+
+    def both() -> Samples | None:
+        samples = scrape(port)
+        ready = all(value(samples, "pg_connections_max", target=t) for t in ("static", target))
+        return samples if ready else None
+
+    wait_for(both, what="both targets in /metrics")
+    assert {dict(labels).get("target") for (_, labels) in probed(port, target)} == {target, None}
+    assert probe(port, "static")[0] == 403  # a configured target's name is not an address
 
 
 def test_refusals(postgres: LocalPostgres, run_exporter: RunExporter) -> None:
