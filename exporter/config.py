@@ -257,6 +257,25 @@ class ProbeSettings(BaseModel):
         return bool(self.allow)
 
 
+class TargetFiles(BaseModel):
+    """Targets kept in files beside the config (ours, or Prometheus file_sd), re-read when
+    they change, as a SIGHUP would."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Glob patterns: `/etc/pg-health-exporter/targets.d/*.yaml`, `/etc/prometheus/pg/*.json`.
+    paths: tuple[str, ...] = ()
+    # How often the files are looked at (their names, sizes and modification times).
+    refresh_interval: Duration = 30.0
+
+    @field_validator("refresh_interval")
+    @classmethod
+    def _not_too_often(cls, seconds: float) -> float:
+        if seconds < MIN_INTERVAL:
+            raise ValueError(f"must be at least {MIN_INTERVAL:g}s")
+        return seconds
+
+
 class Config(BaseModel):
     """The whole validated configuration."""
 
@@ -267,8 +286,9 @@ class Config(BaseModel):
     max_age_intervals: float = Field(default=3.0, ge=1.0)
     # `postgres_exporter`: also publish the Go exporter's names (docs/migrating-from-...md).
     compat: Literal["none", "postgres_exporter"] = "none"
-    # Before `targets`: with /probe on, no static target is needed.
+    # Before `targets`: with /probe on, or targets in files, the config may name none.
     probe: ProbeSettings = ProbeSettings()
+    target_files: TargetFiles = TargetFiles()
     auth_modules: dict[str, AuthModule] = Field(default_factory=dict)
     # Validated when absent too: its message names the environment's alternative.
     targets: tuple[TargetConfig, ...] = Field(default=(), validate_default=True)
@@ -300,8 +320,9 @@ class Config(BaseModel):
         cls, targets: tuple[TargetConfig, ...], info: ValidationInfo
     ) -> tuple[TargetConfig, ...]:
         # A `probe` section that failed validation is reported on its own: maybe it was on.
-        probe = info.data.get("probe")
-        if not targets and probe is not None and not probe.enabled:
+        probe, files = info.data.get("probe"), info.data.get("target_files")
+        # Target files may hold none right now: service discovery found nothing yet.
+        if not targets and probe is not None and not probe.enabled and files and not files.paths:
             raise ValueError(NO_TARGETS)
         names = [t.name for t in targets]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -327,14 +348,14 @@ class Config(BaseModel):
         return found + [s for m in self.auth_modules.values() for s in m.secrets()]
 
 
-def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
+def interpolate(node: Any, path: str, problems: list[str]) -> Any:
     """Replace `${VAR}` in every string with the environment variable's value."""
     if isinstance(node, dict):
         return {
-            k: _interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
+            k: interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_interpolate(v, f"{path}.{i}", problems) for i, v in enumerate(node)]
+        return [interpolate(v, f"{path}.{i}", problems) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -351,11 +372,11 @@ def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
 def _read_password_files(config: Config, problems: list[str]) -> Config:
     """Fill each target's and auth module's password from its password_file."""
     targets = tuple(
-        _with_password_file(target, f"targets.{index}", problems)
+        with_password_file(target, f"targets.{index}", problems)
         for index, target in enumerate(config.targets)
     )
     modules = {
-        name: _with_password_file(module, f"auth_modules.{name}", problems)
+        name: with_password_file(module, f"auth_modules.{name}", problems)
         for name, module in config.auth_modules.items()
     }
     return config.model_copy(update={"targets": targets, "auth_modules": modules})
@@ -364,7 +385,7 @@ def _read_password_files(config: Config, problems: list[str]) -> Config:
 _Login = TypeVar("_Login", TargetConfig, AuthModule)
 
 
-def _with_password_file(model: _Login, path: str, problems: list[str]) -> _Login:
+def with_password_file(model: _Login, path: str, problems: list[str]) -> _Login:
     if model.password_file is None:
         return model
     try:
@@ -389,7 +410,7 @@ def parse_config(raw: Any, *, default_targets: list[dict[str, Any]] | None = Non
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of settings"])
     problems: list[str] = []
-    raw = _interpolate(raw, "", problems)
+    raw = interpolate(raw, "", problems)
     if not raw.get("targets") and default_targets:
         raw = {**raw, "targets": default_targets}
     config: Config | None = None
