@@ -11,6 +11,7 @@ import yaml
 
 from exporter.config import Config, parse_config
 from exporter.errors import ConfigError
+from exporter.secretfiles import exposed_secret_files
 from exporter.targets.files import Fingerprint, with_target_files
 
 pytestmark = pytest.mark.any_major
@@ -134,3 +135,16 @@ def test_the_fingerprint_sees_files_come_change_and_go(tmp_path: Path) -> None:
     assert fingerprint.changed(config)
     (tmp_path / "ignored.txt").write_text("not matched")
     assert not fingerprint.changed(config)
+
+
+def test_a_target_file_with_a_password_readable_by_others_is_named(tmp_path: Path) -> None:
+    written = tmp_path / "written.yaml"
+    written.write_text(yaml.safe_dump([{"name": "a", "dsn": "host=a password=s3cret"}]))
+    referenced = tmp_path / "referenced.yaml"
+    referenced.write_text(yaml.safe_dump([{"name": "b", "dsn": "host=b", "password": "${PW}"}]))
+    for path in (written, referenced):
+        path.chmod(0o644)
+    config = files_config(tmp_path)
+    assert exposed_secret_files(config, None) == [(written, 0o644)]
+    written.chmod(0o600)
+    assert exposed_secret_files(config, None) == []
