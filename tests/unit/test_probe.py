@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from exporter.cli import main
 from exporter.config import Config, TargetConfig, parse_config
 from exporter.errors import ConfigError, ProbeRefused
 from exporter.exposition.selfmetrics import self_metrics
@@ -272,3 +273,25 @@ def test_one_targets_body_from_the_store() -> None:
     samples = parse_exposition(again.body.decode())
     assert value(samples, "pg_exporter_target_pending", target="a") == 0
     assert value(samples, "pg_up", target="a") == 1
+
+
+def test_check_config_exits_2_naming_the_probe_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "probe.yaml"
+    path.write_text(
+        "probe:\n  allow: ['10.0.0.0/40']\n  max_targets: 0\n"
+        "auth_modules:\n  default:\n    password: Sup3rSecret\n    sslmod: require\n"
+    )
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "probe.allow: '10.0.0.0/40' is not a CIDR" in err
+    assert "probe.max_targets: Input should be greater than or equal to 1" in err
+    assert (
+        "auth_modules.default.sslmod: Extra inputs are not permitted (did you mean `sslmode`?)"
+        in err
+    )
+    assert "Sup3rSecret" not in err
+    path.write_text("probe:\n  allow: ['*.internal']\nauth_modules:\n  default: {user: x}\n")
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "config OK: 0 target(s)" in capsys.readouterr().out
