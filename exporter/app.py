@@ -15,6 +15,7 @@ from exporter.exposition.selfmetrics import self_metrics
 from exporter.exposition.store import Store
 from exporter.logs import add_secrets
 from exporter.targets import ServerFacts, TargetRegistry
+from exporter.targets.probed import ProbedTargets
 from exporter.web.config import OPEN, WebSecurity
 from exporter.web.health import HealthPage
 from exporter.web.html import LandingPage
@@ -35,6 +36,7 @@ class Changes:
     changed: tuple[str, ...]
     removed: tuple[str, ...]
     collectors_dropped: tuple[str, ...]
+    probes_dropped: tuple[str, ...] = ()
 
 
 class Exporter:
@@ -55,6 +57,10 @@ class Exporter:
         # Jobs beyond the connection cap would only wait for a connection; a few extra threads
         # keep one target's slow collector from starving another target.
         workers = max(4, sum(t.max_connections for t in config.targets) + 2)
+        if config.probe.enabled:
+            # Probed targets come and go; threads start only when jobs wait, so the cap costs
+            # nothing until it is needed. Sized once: a reload keeps the pool.
+            workers += min(2 * config.probe.max_targets, 32)
         self.scheduler = Scheduler(
             self.store,
             config.catalogue,
@@ -63,6 +69,7 @@ class Exporter:
             max_workers=workers,
         )
         self.health = self._health(config)
+        self.probed = ProbedTargets(config, add=self._add_target, remove=self._remove_target)
         self.server = MetricsServer(
             self.store,
             _landing(config, metrics_path),
@@ -70,12 +77,14 @@ class Exporter:
             listen_address or config.listen_address,
             web=web,
             metrics_path=metrics_path,
+            prober=lambda target, module: self.probed.probe(target, module)[0],
         )
 
     def start(self) -> None:
         self.scheduler.start()
         for target in self.config.targets:
             self._add_target(target)
+        self.probed.start()
         self.server.start()
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
@@ -87,6 +96,7 @@ class Exporter:
         they run on daemon threads and publish nothing.
         """
         deadline = time.monotonic() + timeout
+        self.probed.stop()
         self.scheduler.shutdown()
         self.registry.close()
         self.server.shutdown()
@@ -127,6 +137,7 @@ class Exporter:
                 "changed": ",".join(changes.changed),
                 "removed": ",".join(changes.removed),
                 "collectors_dropped": ",".join(changes.collectors_dropped),
+                "probed_targets_dropped": ",".join(changes.probes_dropped),
             },
         )
         return True
@@ -138,7 +149,11 @@ class Exporter:
         that changed is closed and opened anew (it may be another server now, or another
         role); added and removed targets come and go.
         """
-        add_secrets([s for t in config.targets for s in t.secrets()])
+        add_secrets(config.secrets())
+        # Probed targets first: one whose name a configured target now takes goes before it
+        # comes, and one its auth module no longer describes is dropped (its next probe
+        # registers it anew).
+        probes_dropped = self.probed.apply(config)
         old = {t.name: t for t in self.config.targets}
         new = {t.name: t for t in config.targets}
         removed = sorted(old.keys() - new.keys())
@@ -168,7 +183,13 @@ class Exporter:
                 extra={"running": self.config.listen_address, "new": config.listen_address},
             )
         self.config = config
-        return Changes(tuple(added), tuple(changed), tuple(removed), tuple(sorted(dropped)))
+        return Changes(
+            tuple(added),
+            tuple(changed),
+            tuple(removed),
+            tuple(sorted(dropped)),
+            tuple(probes_dropped),
+        )
 
     def _health(self, config: Config) -> HealthPage:
         return HealthPage(config, facts=self._facts)

@@ -28,6 +28,7 @@ from exporter.gocompat import load_mapping
 from exporter.logs import setup
 from exporter.secretfiles import exposed_secret_files
 from exporter.signals import wait_for_signal
+from exporter.targets.files import Fingerprint, with_target_files
 from exporter.units import check_listen_address
 from exporter.web.config import OPEN, WebSecurity, load_web_config
 from exporter.web.server import METRICS_PATH, check_metrics_path
@@ -153,7 +154,7 @@ def _subcommands() -> str:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load(args.config)
+    config = with_target_files(load(args.config))
     switches = {
         name: getattr(args, f"collector_{name}")
         for name in builtin_specs()
@@ -193,7 +194,7 @@ def _warn_exposed(config: Config, path: Path | None) -> None:
 
 
 def _secrets(config: Config) -> list[str]:
-    return [secret for target in config.targets for secret in target.secrets()]
+    return config.secrets()
 
 
 def _check_listen(address: str, source: str) -> None:
@@ -234,7 +235,13 @@ def _run(args: argparse.Namespace) -> int:
             "targets": ",".join(t.name for t in config.targets),
         },
     )
-    wait_for_signal(on_hangup=lambda: exporter.reload(lambda: _reloaded(args)))
+    # Target files are looked at every refresh_interval; a change reloads as SIGHUP does.
+    files = Fingerprint(config)
+    wait_for_signal(
+        on_hangup=lambda: exporter.reload(lambda: _reloaded(args)),
+        changed=lambda: files.changed(exporter.config),
+        every=lambda: exporter.config.target_files.refresh_interval,
+    )
     log.info("shutting down")
     exporter.stop()
     return EXIT_OK

@@ -4,11 +4,12 @@ Every problem is reported at once as `path.to.key: message` (the CLI exits with 
 message ever repeats a password: DSNs are checked without echoing them.
 """
 
+import ipaddress
 import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 import yaml
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -129,6 +131,151 @@ def _is_secret(keyword: str) -> bool:
     return keyword.endswith("password")
 
 
+# A probed target's name is the address it was probed by: `host:port/db` (IPv6 in brackets).
+PROBED_NAME = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*)(:[0-9]{1,5})?(/[A-Za-z0-9_.$-]+)?$"
+
+
+class ProbedTargetConfig(TargetConfig):
+    """A target made by `/probe` from its address and an auth module, named by the address."""
+
+    name: str = Field(pattern=PROBED_NAME)
+
+
+# The URL gives the server (host, port, database); an auth module gives everything else.
+_FROM_THE_URL = ("host", "hostaddr", "port", "dbname", "user", "password", "passfile")
+
+
+class AuthModule(BaseModel):
+    """How `/probe` logs in to the servers it is asked about: credentials and connection
+    options, kept in the config (password files or `${ENV}`), never taken from the URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["postgres", "pgbouncer"] = "postgres"
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sslmode: str | None = None
+    database: str = "postgres"  # when the probe's target names none
+    # Any other libpq keyword (sslrootcert, application_name is ours, target_session_attrs...).
+    options: dict[str, str] = Field(default_factory=dict)
+    max_connections: int = Field(default=2, ge=2, le=20)
+    connect_timeout: Duration = 5.0
+    lock_timeout: Duration = 1.0
+    idle_in_transaction_timeout: Duration = 60.0
+    database_time_budget: Budget = 0.005
+    databases: DatabaseFilter = DatabaseFilter()
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "AuthModule":
+        if self.password_file is not None and "password" in self.model_fields_set:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    @field_validator("options")
+    @classmethod
+    def _libpq_keywords(cls, options: dict[str, str]) -> dict[str, str]:
+        taken = sorted(k for k in options if k in _FROM_THE_URL)
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)}: not an option here (the probe's target gives the server, "
+                "`user`/`password`/`password_file` the login)"
+            )
+        try:
+            make_conninfo("", **options)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"not libpq connection options: {exc}") from None
+        return options
+
+    def target(self, name: str, host: str, port: int, dbname: str | None) -> ProbedTargetConfig:
+        """The target a probe of `host:port[/dbname]` monitors, named `name`."""
+        params: dict[str, Any] = {
+            **self.options,
+            "host": host,
+            "port": port,
+            "dbname": dbname or self.database,
+        }
+        if self.user is not None:
+            params["user"] = self.user
+        if self.sslmode is not None:
+            params["sslmode"] = self.sslmode
+        # The name and the DSN are validated; the rest was, as this module's settings.
+        probed = ProbedTargetConfig.model_validate(
+            {"name": name, "type": self.type, "dsn": make_conninfo("", **params)}
+        )
+        return probed.model_copy(
+            update={
+                "password": self.password,
+                "max_connections": self.max_connections,
+                "connect_timeout": self.connect_timeout,
+                "lock_timeout": self.lock_timeout,
+                "idle_in_transaction_timeout": self.idle_in_transaction_timeout,
+                "database_time_budget": self.database_time_budget,
+                "databases": self.databases,
+            }
+        )
+
+    def secrets(self) -> list[str]:
+        return [self.password.get_secret_value()] if self.password is not None else []
+
+
+class ProbeSettings(BaseModel):
+    """Who may be probed through `/probe`, how many at once, and for how long unasked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Host patterns (`*.db.internal`, matched without case) or CIDRs (`10.0.0.0/8`, matched
+    # against hosts given as addresses: no name is resolved to check it). Empty: /probe is off,
+    # so the exporter cannot be made to reach arbitrary hosts.
+    allow: tuple[str, ...] = ()
+    max_targets: int = Field(default=100, ge=1)
+    # Several scrape intervals: a missed scrape or two must not drop a target and its data.
+    idle_timeout: Duration = 300.0
+
+    @field_validator("allow")
+    @classmethod
+    def _patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            if "/" in pattern:
+                try:
+                    ipaddress.ip_network(pattern, strict=False)
+                except ValueError:
+                    raise ValueError(f"{pattern!r} is not a CIDR") from None
+            elif not re.fullmatch(r"[A-Za-z0-9_.:*?\[\]-]+", pattern):
+                raise ValueError(f"{pattern!r} is neither a host pattern nor a CIDR")
+        return patterns
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _not_too_short(cls, seconds: float) -> float:
+        if seconds < MIN_INTERVAL:
+            raise ValueError(f"must be at least {MIN_INTERVAL:g}s")
+        return seconds
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allow)
+
+
+class TargetFiles(BaseModel):
+    """Targets kept in files beside the config (ours, or Prometheus file_sd), re-read when
+    they change, as a SIGHUP would."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Glob patterns: `/etc/pg-health-exporter/targets.d/*.yaml`, `/etc/prometheus/pg/*.json`.
+    paths: tuple[str, ...] = ()
+    # How often the files are looked at (their names, sizes and modification times).
+    refresh_interval: Duration = 30.0
+
+    @field_validator("refresh_interval")
+    @classmethod
+    def _not_too_often(cls, seconds: float) -> float:
+        if seconds < MIN_INTERVAL:
+            raise ValueError(f"must be at least {MIN_INTERVAL:g}s")
+        return seconds
+
+
 class Config(BaseModel):
     """The whole validated configuration."""
 
@@ -139,6 +286,10 @@ class Config(BaseModel):
     max_age_intervals: float = Field(default=3.0, ge=1.0)
     # `postgres_exporter`: also publish the Go exporter's names (docs/migrating-from-...md).
     compat: Literal["none", "postgres_exporter"] = "none"
+    # Before `targets`: with /probe on, or targets in files, the config may name none.
+    probe: ProbeSettings = ProbeSettings()
+    target_files: TargetFiles = TargetFiles()
+    auth_modules: dict[str, AuthModule] = Field(default_factory=dict)
     # Validated when absent too: its message names the environment's alternative.
     targets: tuple[TargetConfig, ...] = Field(default=(), validate_default=True)
     collectors: dict[str, Any] = Field(default_factory=dict)
@@ -165,8 +316,13 @@ class Config(BaseModel):
 
     @field_validator("targets")
     @classmethod
-    def _named_once(cls, targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
-        if not targets:
+    def _named_once(
+        cls, targets: tuple[TargetConfig, ...], info: ValidationInfo
+    ) -> tuple[TargetConfig, ...]:
+        # A `probe` section that failed validation is reported on its own: maybe it was on.
+        probe, files = info.data.get("probe"), info.data.get("target_files")
+        # Target files may hold none right now: service discovery found nothing yet.
+        if not targets and probe is not None and not probe.enabled and files and not files.paths:
             raise ValueError(NO_TARGETS)
         names = [t.name for t in targets]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -174,18 +330,32 @@ class Config(BaseModel):
             raise ValueError(f"duplicate target name(s): {', '.join(duplicates)}")
         return targets
 
+    @model_validator(mode="after")
+    def _modules_when_probing(self) -> "Config":
+        if self.probe.enabled and not self.auth_modules:
+            raise ValueError(
+                "probe.allow is set but auth_modules is empty: /probe needs at least one "
+                "auth module (its credentials; `default` is used when a probe names none)"
+            )
+        return self
+
     def collector(self, name: str) -> Collector:
         return next(c for c in self.catalogue if c.name == name)
 
+    def secrets(self) -> list[str]:
+        """Every password the config holds (targets and auth modules), to mask in messages."""
+        found = [s for t in self.targets for s in t.secrets()]
+        return found + [s for m in self.auth_modules.values() for s in m.secrets()]
 
-def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
+
+def interpolate(node: Any, path: str, problems: list[str]) -> Any:
     """Replace `${VAR}` in every string with the environment variable's value."""
     if isinstance(node, dict):
         return {
-            k: _interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
+            k: interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_interpolate(v, f"{path}.{i}", problems) for i, v in enumerate(node)]
+        return [interpolate(v, f"{path}.{i}", problems) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -200,23 +370,32 @@ def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
 
 
 def _read_password_files(config: Config, problems: list[str]) -> Config:
-    """Fill each target's password from its password_file."""
-    targets = []
-    for index, target in enumerate(config.targets):
-        if target.password_file is None:
-            targets.append(target)
-            continue
-        try:
-            secret = target.password_file.read_text().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(
-                f"targets.{index}.password_file: cannot read {target.password_file}: "
-                + why_unreadable(exc)
-            )
-            targets.append(target)
-        else:
-            targets.append(target.model_copy(update={"password": SecretStr(secret)}))
-    return config.model_copy(update={"targets": tuple(targets)})
+    """Fill each target's and auth module's password from its password_file."""
+    targets = tuple(
+        with_password_file(target, f"targets.{index}", problems)
+        for index, target in enumerate(config.targets)
+    )
+    modules = {
+        name: with_password_file(module, f"auth_modules.{name}", problems)
+        for name, module in config.auth_modules.items()
+    }
+    return config.model_copy(update={"targets": targets, "auth_modules": modules})
+
+
+_Login = TypeVar("_Login", TargetConfig, AuthModule)
+
+
+def with_password_file(model: _Login, path: str, problems: list[str]) -> _Login:
+    if model.password_file is None:
+        return model
+    try:
+        secret = model.password_file.read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(
+            f"{path}.password_file: cannot read {model.password_file}: " + why_unreadable(exc)
+        )
+        return model
+    return model.model_copy(update={"password": SecretStr(secret)})
 
 
 def parse_config(raw: Any, *, default_targets: list[dict[str, Any]] | None = None) -> Config:
@@ -231,7 +410,7 @@ def parse_config(raw: Any, *, default_targets: list[dict[str, Any]] | None = Non
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping of settings"])
     problems: list[str] = []
-    raw = _interpolate(raw, "", problems)
+    raw = interpolate(raw, "", problems)
     if not raw.get("targets") and default_targets:
         raw = {**raw, "targets": default_targets}
     config: Config | None = None

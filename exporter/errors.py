@@ -44,6 +44,14 @@ class CollectorFailed(ExporterError):
     """The collector ran but its result cannot be published."""
 
 
+class ProbeRefused(ExporterError):
+    """A `/probe` request that cannot be served: `status` is its HTTP status code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message, first line only: libpq adds hints on further lines."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

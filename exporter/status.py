@@ -45,6 +45,7 @@ class Reachability:
     """
 
     up: bool = False
+    pending: bool = False  # before the first attempt's outcome
     message: str = ""  # why it is down ("connecting" before the first attempt)
     server_version: str = ""
     seq: int = 0
@@ -62,6 +63,10 @@ class TargetStatus:
     @property
     def up(self) -> bool:
         return self.reach.up
+
+    @property
+    def pending(self) -> bool:
+        return self.reach.pending
 
     @property
     def message(self) -> str:

@@ -260,8 +260,10 @@ class Scheduler:
     def remove_target(self, name: str) -> None:
         self._targets.pop(name, None)
         self._budgets.pop(name, None)
+        prefix = f"{name}/"
         for job in self._scheduler.get_jobs():
-            if job.id.startswith(f"{name}/"):
+            # Its own jobs only: a probed target `h:5432` is not `h:5432/app`'s prefix owner.
+            if job.id.startswith(prefix) and "/" not in job.id[len(prefix) :]:
                 job.remove()
                 with self._lock:
                     self._jobs.pop(job.id, None)

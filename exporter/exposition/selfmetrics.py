@@ -111,6 +111,12 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
         "1 if the last connection to the target succeeded, 0 if it failed.",
         labels=["target"],
     )
+    pending = _gauge(
+        "pg_exporter_target_pending",
+        "1 until the target's first connection attempt has an outcome (pg_up is 0 meanwhile, "
+        "without meaning the target is down), then 0.",
+        labels=["target"],
+    )
     per_collector = ["target", "collector"]
     last_success = _gauge(
         "pg_exporter_collector_last_success_timestamp_seconds",
@@ -186,6 +192,7 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
     }
     for target, status in sorted(targets.items()):
         up.add_metric([target], 1 if status.up else 0)
+        pending.add_metric([target], 1 if status.pending else 0)
         for datname, reason in status.reach.not_visited:
             not_visited.add_metric([target, datname, reason], 1)
         if status.budget is not None:
@@ -213,6 +220,7 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
     return [
         build,
         up,
+        pending,
         last_success,
         duration,
         errors,

@@ -98,6 +98,8 @@ class Store:
         self._parts: dict[PartKey, Part] = {}
         self._targets: dict[str, TargetStatus] = {}
         self._snapshot: Snapshot | None = None
+        # One target's body (/probe), by target: dropped with the whole body's at any change.
+        self._of_target: dict[str, Snapshot] = {}
         # By target: when databases were found gone, and the marks of their series.
         self._drops: dict[str, list[tuple[float, list[bytes]]]] = {}
 
@@ -153,13 +155,13 @@ class Store:
             self._targets[target] = replace(
                 current, collectors=collectors, reach=_newer(current.reach, reach)
             )
-            self._snapshot = None
+            self._changed()
 
     def set_derive(self, derive: Derive | None) -> None:
         """From each collector's next run on (a reload's `compat`); the self-metrics at once."""
         with self._lock:
             self._derive = derive
-            self._snapshot = None
+            self._changed()
 
     def publish_target(
         self,
@@ -175,7 +177,7 @@ class Store:
             if pool is not None:
                 changes["pool"] = pool
             self._targets[target] = replace(current, **changes)  # type: ignore[arg-type]
-            self._snapshot = None
+            self._changed()
 
     def set_max_age(self, target: str, collector: str, max_age: float) -> None:
         """A collector's interval changed: its parts now expire `max_age` after publishing."""
@@ -183,7 +185,7 @@ class Store:
             for key, part in self._parts.items():
                 if (key.target, key.collector) == (target, collector):
                     self._parts[key] = replace(part, expires_at=part.published_at + max_age)
-            self._snapshot = None
+            self._changed()
 
     def forget(self, target: str, collector: str | None = None) -> None:
         """Remove a target's parts and status, or only one collector's: it no longer runs."""
@@ -196,7 +198,7 @@ class Store:
             elif current is not None and collector in current.collectors:
                 collectors = {k: v for k, v in current.collectors.items() if k != collector}
                 self._targets[target] = replace(current, collectors=collectors)
-            self._snapshot = None
+            self._changed()
 
     def drop_databases(self, target: str, databases: Iterable[str]) -> None:
         """Databases that are gone (dropped, or no longer visited): their series leave now, not
@@ -224,7 +226,12 @@ class Store:
                 )
                 if len(self._targets) > 1:
                     self._parts[key].pieces_alone()
-            self._snapshot = None
+            self._changed()
+
+    def _changed(self) -> None:
+        """Under the lock: every cached body is out of date."""
+        self._snapshot = None
+        self._of_target.clear()
 
     def _remove_parts(self, target: str, collector: str | None) -> None:
         for key in [k for k in self._parts if k.target == target]:
@@ -245,11 +252,29 @@ class Store:
                 self._snapshot = self._build(now)
             return self._snapshot
 
-    def _build(self, now: float) -> Snapshot:
+    def target_snapshot(self, target: str) -> Snapshot | None:
+        """One target's series and self-metrics (what /probe serves), cached like the whole
+        body's; None for a target the store does not know."""
+        now = self._clock()
+        with self._lock:
+            if target not in self._targets:
+                return None
+            cached = self._of_target.get(target)
+            if cached is None or now >= cached.valid_until:
+                cached = self._of_target[target] = self._build(now, target)
+            return cached
+
+    def _build(self, now: float, target: str | None = None) -> Snapshot:
+        """The body of every target's series, or of `target`'s only."""
         # Group by family name: one header per family, then the samples of every part.
-        live = [part for _, part in sorted(self._parts.items()) if part.expires_at > now]
+        live = [
+            part
+            for key, part in sorted(self._parts.items())
+            if part.expires_at > now and target in (None, key.target)
+        ]
         valid_until = min((part.expires_at for part in live), default=float("inf"))
-        own = tuple(self._self_metrics(dict(self._targets)))
+        statuses = self._targets if target is None else {target: self._targets[target]}
+        own = tuple(self._self_metrics(dict(statuses)))
         if self._derive is not None:  # their names for pg_up, the collectors' states...
             own = (*own, *self._derive(own))
         live.append(Part(own, 0.0, now, float("inf"), deflate_piece(_text(own))))

@@ -37,7 +37,7 @@ class Target:
         self._refreshing = threading.Lock()  # one probe at a time (see current_facts)
         self._facts: ServerFacts | None = None
         self._down_message: str | None = None
-        self._reach = Reachability(message="connecting", seq=next(_SEQ))
+        self._reach = Reachability(pending=True, message="connecting", seq=next(_SEQ))
 
     @property
     def name(self) -> str:

@@ -23,12 +23,15 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 from exporter import __version__
-from exporter.exposition.store import Store
+from exporter.errors import ProbeRefused
+from exporter.exposition.store import Snapshot, Store
 from exporter.targets.watchdog import Watchdog
 from exporter.units import parse_listen_address
 from exporter.web.config import OPEN, WebSecurity
@@ -47,8 +50,16 @@ MAX_HEAD = 16384  # bytes of request line and headers: beyond them 431
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 METRICS_PATH = "/metrics"
 # The paths served besides the metrics: --web.telemetry-path may not hide one of them.
-_OTHER_PATHS = ("/", "/healthz", "/health", "/health.json")
+_OTHER_PATHS = ("/", "/healthz", "/health", "/health.json", "/probe")
 _DEADLINES = Watchdog("http-deadlines")
+
+# /probe's target and auth_module (None when absent) -> the name of the target to serve, once
+# registered; ProbeRefused when it may not be probed. Never waits on a database.
+Prober = Callable[[str | None, str | None], str]
+
+
+def _no_probes(target: str | None, module: str | None) -> str:
+    raise ProbeRefused(404, "/probe is off")
 
 
 def connection_cap() -> int:
@@ -248,6 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
     health: ClassVar[HealthPage]
     web: ClassVar[WebSecurity]  # replaced whole on reload; each request reads it once
     metrics_path: ClassVar[str]
+    prober: ClassVar[Prober]
     server_version = f"pg-health-exporter/{__version__}"
     server: _Server
 
@@ -318,9 +330,11 @@ class _Handler(BaseHTTPRequestHandler):
                 extra={"WWW-Authenticate": 'Basic realm="pg-health-exporter"'},
             )
             return
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == self.metrics_path:
             self._metrics()
+        elif path == "/probe":
+            self._probe(query)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/":
@@ -333,7 +347,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
     def _metrics(self) -> None:
-        snapshot = self.store.snapshot()
+        self._exposition(self.store.snapshot())
+
+    def _probe(self, query: str) -> None:
+        """One target's series, from memory; the first probe of a target registers it."""
+        params = parse_qs(query)
+        target, module = (params.get(key, [None])[0] for key in ("target", "auth_module"))
+        try:
+            name = type(self).prober(target, module)  # through the class: a plain function
+        except ProbeRefused as exc:
+            self._send(exc.status, f"{exc}\n".encode(), "text/plain; charset=utf-8")
+            return
+        snapshot = self.store.target_snapshot(name)
+        if snapshot is None:  # dropped as idle between the two calls: rare, and retried
+            self._send(503, b"target just dropped, probe again\n", "text/plain; charset=utf-8")
+            return
+        self._exposition(snapshot)
+
+    def _exposition(self, snapshot: Snapshot) -> None:
         vary = {"Vary": "Accept-Encoding"}
         if accepts_gzip(self.headers.get("Accept-Encoding")):
             self._send(200, snapshot.gzipped(), CONTENT_TYPE, encoding="gzip", extra=vary)
@@ -380,6 +411,7 @@ class MetricsServer:
         web: WebSecurity = OPEN,
         max_connections: int | None = None,
         metrics_path: str = METRICS_PATH,
+        prober: Prober = _no_probes,
     ) -> None:
         host, port = parse_listen_address(listen_address)
         self._handler: type[_Handler] = type(
@@ -391,6 +423,7 @@ class MetricsServer:
                 "health": health,
                 "web": web,
                 "metrics_path": check_metrics_path(metrics_path),
+                "prober": staticmethod(prober),
             },
         )
         server_class = _Server6 if ":" in host else _Server
