@@ -16,6 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from exporter.config import parse_config
+from exporter.targets.probeaddress import probe_target
 from support import REPO, tool
 
 pytestmark = pytest.mark.any_major
@@ -282,8 +284,13 @@ def test_probe_example_targets_the_service() -> None:
     assert {"targetLabel": "__param_auth_module", "replacement": "default"} in static[
         "relabelingConfigs"
     ]
-    readme = (KUBERNETES / "examples" / "probe" / "README.md").read_text()
-    assert "needs the exporter's `/probe` endpoint" in readme
+    # The overlay's config lets every listed server be probed with the module the Probe names.
+    raw = yaml.safe_load(config_text("examples/probe"))
+    for entry in [*raw.get("targets", []), *raw.get("auth_modules", {}).values()]:
+        entry.pop("password_file", None)  # the Secret's file: not here, and not the point
+    config = parse_config(raw)
+    for target in static["static"]:
+        assert probe_target(config, target, "default").name == target
 
 
 def test_readme_links_resolve() -> None:
