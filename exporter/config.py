@@ -9,7 +9,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import psycopg
 import yaml
@@ -63,14 +63,13 @@ class DatabaseFilter(BaseModel):
         )
 
 
-class TargetConfig(BaseModel):
-    """One PostgreSQL server to monitor."""
+class SessionSettings(BaseModel):
+    """How the exporter logs in to a server and bounds its sessions there: a target's, and an
+    auth module's for the targets /probe makes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
     type: Literal["postgres", "pgbouncer"] = "postgres"
-    dsn: SecretStr
     password_file: Path | None = None
     max_connections: int = Field(default=2, ge=2, le=20)
     connect_timeout: Duration = 5.0
@@ -83,10 +82,17 @@ class TargetConfig(BaseModel):
     password: SecretStr | None = None
 
     @model_validator(mode="after")
-    def _one_password_source(self) -> "TargetConfig":
+    def _one_password_source(self) -> Self:
         if self.password_file is not None and "password" in self.model_fields_set:
             raise ValueError("give password or password_file, not both")
         return self
+
+
+class TargetConfig(SessionSettings):
+    """One PostgreSQL server to monitor."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    dsn: SecretStr
 
     @field_validator("dsn")
     @classmethod
@@ -145,32 +151,15 @@ class ProbedTargetConfig(TargetConfig):
 _FROM_THE_URL = ("host", "hostaddr", "port", "dbname", "user", "password", "passfile")
 
 
-class AuthModule(BaseModel):
+class AuthModule(SessionSettings):
     """How `/probe` logs in to the servers it is asked about: credentials and connection
     options, kept in the config (password files or `${ENV}`), never taken from the URL."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["postgres", "pgbouncer"] = "postgres"
     user: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
     sslmode: str | None = None
     database: str = "postgres"  # when the probe's target names none
     # Any other libpq keyword (sslrootcert, application_name is ours, target_session_attrs...).
     options: dict[str, str] = Field(default_factory=dict)
-    max_connections: int = Field(default=2, ge=2, le=20)
-    connect_timeout: Duration = 5.0
-    lock_timeout: Duration = 1.0
-    idle_in_transaction_timeout: Duration = 60.0
-    database_time_budget: Budget = 0.005
-    databases: DatabaseFilter = DatabaseFilter()
-
-    @model_validator(mode="after")
-    def _one_password_source(self) -> "AuthModule":
-        if self.password_file is not None and "password" in self.model_fields_set:
-            raise ValueError("give password or password_file, not both")
-        return self
 
     @field_validator("options")
     @classmethod
@@ -203,17 +192,10 @@ class AuthModule(BaseModel):
         probed = ProbedTargetConfig.model_validate(
             {"name": name, "type": self.type, "dsn": make_conninfo("", **params)}
         )
-        return probed.model_copy(
-            update={
-                "password": self.password,
-                "max_connections": self.max_connections,
-                "connect_timeout": self.connect_timeout,
-                "lock_timeout": self.lock_timeout,
-                "idle_in_transaction_timeout": self.idle_in_transaction_timeout,
-                "database_time_budget": self.database_time_budget,
-                "databases": self.databases,
-            }
-        )
+        # The rest is this module's, validated with it (its password already read from
+        # password_file, which the target then does not need again).
+        shared = set(SessionSettings.model_fields) - {"type", "password_file"}
+        return probed.model_copy(update={name: getattr(self, name) for name in shared})
 
     def secrets(self) -> list[str]:
         return [self.password.get_secret_value()] if self.password is not None else []

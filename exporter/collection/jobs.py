@@ -67,19 +67,20 @@ class ProbeJob:
         # server answering): nothing learnt, pg_up stays as it was.
         with contextlib.suppress(ConnectFailed, PoolBusy):
             facts = target.refresh()
-        if target.closing:
-            return  # stopping, or the target was removed: nothing to tell
-        if facts is not None:
-            databases = frozenset(facts.databases)
-            gone, self._databases = self._databases - databases, databases
-            if gone:
-                self._store.drop_databases(target.name, gone)
-        self._store.publish_target(
-            target.name,
-            target.reach,
-            pool=target.connections.stats(),
-            budget=target.config.database_time_budget,
-        )
+        with target.publishing() as still_open:
+            if not still_open:
+                return  # stopping, or the target was removed: nothing to tell
+            if facts is not None:
+                databases = frozenset(facts.databases)
+                gone, self._databases = self._databases - databases, databases
+                if gone:
+                    self._store.drop_databases(target.name, gone)
+            self._store.publish_target(
+                target.name,
+                target.reach,
+                pool=target.connections.stats(),
+                budget=target.config.database_time_budget,
+            )
 
 
 class _PartlyFailed(CollectorFailed):
@@ -156,15 +157,18 @@ class CollectorJob:
             runs_skipped_total=self.skipped,
             late_seconds=late,
         )
-        self.store.publish(
-            self.target.name,
-            self.collector.name,
-            outcome.families,
-            self.status,
-            max_age=interval * self.max_age_intervals,
-            reach=self.target.reach,
-            started=started,
-        )
+        with self.target.publishing() as still_open:
+            if not still_open:
+                return  # removed while it ran: forgotten already
+            self.store.publish(
+                self.target.name,
+                self.collector.name,
+                outcome.families,
+                self.status,
+                max_age=interval * self.max_age_intervals,
+                reach=self.target.reach,
+                started=started,
+            )
         _log_transition(self.target.name, self.collector.name, previous, self.status)
 
     def _outcome(self) -> _Outcome:

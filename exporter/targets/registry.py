@@ -9,6 +9,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 
@@ -35,6 +36,9 @@ class Target:
         self._masker = SecretMasker(config.secrets())
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()  # one probe at a time (see current_facts)
+        # Held by a job while it publishes, and by close(): nothing is published once the
+        # target is closed, so a removed target's series cannot come back after it is forgotten.
+        self._publishing = threading.Lock()
         self._facts: ServerFacts | None = None
         self._down_message: str | None = None
         self._reach = Reachability(pending=True, message="connecting", seq=next(_SEQ))
@@ -149,8 +153,15 @@ class Target:
     def open(self) -> None:
         self.connections.open()
 
+    @contextmanager
+    def publishing(self) -> Iterator[bool]:
+        """Around a job's publishing: whether the target is still open (publish only then)."""
+        with self._publishing:
+            yield not self.closing
+
     def close(self) -> None:
-        self.connections.close()
+        with self._publishing:
+            self.connections.close()
 
 
 class TargetRegistry:
