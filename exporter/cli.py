@@ -103,22 +103,19 @@ def _parser(command: str) -> argparse.ArgumentParser:
         "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
     )
     if command in ("run", "once", "report"):
-        for name in builtin_specs():
-            parser.add_argument(
-                f"--collector.{name}",
-                dest=f"collector_{name}",
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"enable or disable the {name} collector",
-            )
-        # The Go exporter's names, where one of ours covers theirs (docs/migrating-...).
+        # Ours, then the Go exporter's names where one of ours covers theirs (docs/migrating-...).
+        switches = {
+            name: (name, f"enable or disable the {name} collector") for name in builtin_specs()
+        }
         for theirs, ours in load_mapping().collector_flags().items():
+            switches[theirs] = (ours, f"postgres_exporter's name for --[no-]collector.{ours}")
+        for flag, (ours, help_text) in switches.items():
             parser.add_argument(
-                f"--collector.{theirs}",
+                f"--collector.{flag}",
                 dest=f"collector_{ours}",
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"postgres_exporter's name for --[no-]collector.{ours}",
+                help=help_text,
             )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser

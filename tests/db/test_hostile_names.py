@@ -8,7 +8,6 @@ and reads them back through its HTTP API.
 """
 
 import re
-import subprocess
 from collections.abc import Iterator
 
 import psycopg
@@ -21,7 +20,13 @@ from exporter.catalogue import builtin_specs
 from exporter.collection import run_once
 from exporter.config import Config, parse_config
 from exporter.demo.embedded import LocalPostgres
-from support import RunExporter, fresh_database, parse_exposition, tool, wait_for
+from support import (
+    RunExporter,
+    fresh_database,
+    parse_exposition,
+    promtool_check_metrics,
+    wait_for,
+)
 from support.promstack import LocalPrometheus
 
 TABLES = "pg_tables_seq_scan_total"
@@ -101,18 +106,6 @@ def _plant(dsn: str, schema: str, tables: list[str]) -> set[tuple[str, str, str]
     return {(s, t, i) for s, t, i in rows}
 
 
-def _promtool_check(body: bytes) -> None:
-    result = subprocess.run(
-        [tool("promtool", "prometheus"), "check", "metrics"],
-        input=body,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    problems = (result.stdout + result.stderr).decode(errors="replace")
-    assert result.returncode == 0, problems
-
-
 @pytest.fixture(scope="module")
 def hostile_database(postgres: LocalPostgres) -> Iterator[str]:
     with fresh_database(postgres) as database:
@@ -131,7 +124,7 @@ def test_any_names_read_back_as_written(
     dsn = postgres.dsn(hostile_database)
     planted = _plant(dsn, schema, list(dict.fromkeys(n for names in tables for n in names)))
     body = run_once(_config(dsn, hostile_database)).body
-    _promtool_check(body)
+    promtool_check_metrics(body)
     samples = parse_exposition(body.decode())
     published = {
         (labels["schemaname"], labels["relname"], labels["indexrelname"])

@@ -4,6 +4,7 @@ import gzip
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -68,6 +69,21 @@ def tool(name: str, package: str) -> str:
             pytrace=False,
         )
     return path
+
+
+def promtool_check_metrics(body: bytes) -> str:
+    """What `promtool check metrics` says of an exposition body (nothing when it is clean);
+    fails the test when promtool rejects it."""
+    result = subprocess.run(
+        [tool("promtool", "prometheus"), "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    problems = (result.stdout + result.stderr).decode(errors="replace")
+    assert result.returncode == 0, problems
+    return problems
 
 
 def parse_exposition(text: str) -> Samples:
