@@ -19,6 +19,9 @@ from support import RunExporter, wait_for
 from support.freeze import frozen
 from support.promstack import LocalPrometheus
 
+# /probe, file_sd and hashmod do not depend on the server's major version.
+pytestmark = pytest.mark.any_major
+
 CLUSTERS = 20
 SHARDS = 2
 # Small servers: twenty of them share two cores.
