@@ -44,6 +44,8 @@ _UNAVAILABLE_ERRORS = (
 
 
 MAX_JITTER_SECONDS = 5.0
+# Runs on time in a row after which a collector that fell behind is warned about again.
+ON_TIME_STREAK = 10
 
 
 def jitter(interval: float) -> float:
@@ -120,7 +122,8 @@ class CollectorJob:
     on_cost: CostListener | None = None
     _busy: float = 0.0  # this run's database time so far
     skipped: int = 0  # runs the scheduler skipped (counted on its thread; see Scheduler)
-    behind: bool = False  # warned that it cannot keep its interval, not on time since
+    behind: bool = False  # warned that it cannot keep its interval, and not back on time since
+    _on_time_runs: int = 0  # in a row
     _last_started: float | None = None  # monotonic
 
     @property
@@ -134,7 +137,10 @@ class CollectorJob:
             interval = self.status.interval or self.collector.spec.interval
             late = max(0.0, started - self._last_started - interval - jitter(interval))
         self._last_started = started
-        if late == 0.0:
+        # Back on time only after a streak, so that a collector hovering around its interval
+        # (a slow run, a quick failed one, a slow one...) is not warned about at every turn.
+        self._on_time_runs = self._on_time_runs + 1 if late == 0.0 else 0
+        if self._on_time_runs >= ON_TIME_STREAK:
             self.behind = False
         self._busy = 0.0
         outcome = self._outcome()

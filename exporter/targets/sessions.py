@@ -16,12 +16,14 @@ gets all but one of them, visits to other databases share the last one, and the 
 login takes that slot first (or an idle pooled connection's place).
 """
 
+import logging
 import math
 import os
 import socket
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
@@ -44,7 +46,8 @@ REPLY_GRACE_SECONDS = 2.0
 
 _WATCHDOG = Watchdog("session-watchdog")
 _Result = TypeVar("_Result")
-# `deadline`: a monotonic time that no wait for the server on this thread may pass.
+# `deadline`: a monotonic time that no wait for the server on this thread may pass;
+# `taking_a_place`: this thread checks a pooled session out only to close it (no check).
 _THREAD = threading.local()
 
 
@@ -194,7 +197,8 @@ class _VisitSlot:
                 free = self._cond.wait_for(
                     lambda: not self._held and (probe or not self._probes_waiting), timeout
                 )
-                self._held = free
+                if free:  # (a timed-out wait must leave the holder's claim alone)
+                    self._held = True
                 return free
             finally:
                 self._probes_waiting -= int(probe)
@@ -224,8 +228,7 @@ class TargetConnections:
             open=False,
             name=target.name,
             # A broken connection (server restart, pg_terminate_backend) is replaced at checkout.
-            # The PgBouncer console answers no empty query; a broken one fails and is dropped.
-            check=ConnectionPool.check_connection if target.type == "postgres" else _check_console,
+            check=self._check,
             # Give up a reconnection loop early: the next checkout starts a fresh attempt, so a
             # returning server is seen within one collector interval, not after a long backoff.
             reconnect_timeout=max(10.0, 2 * target.connect_timeout),
@@ -238,6 +241,17 @@ class TargetConnections:
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
         self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
+
+    def _check(self, conn: BoundedConnection) -> None:
+        """The pool's test of an idle session at checkout; a broken one is replaced."""
+        if getattr(_THREAD, "taking_a_place", False):
+            # It is about to be closed: a check would only risk cutting a healthy session
+            # on a short deadline, whose server process then outlives its slot.
+            return
+        if self._target.type == "postgres":
+            ConnectionPool.check_connection(conn)
+        else:
+            _check_console(conn)
 
     def _configure(self, conn: BoundedConnection) -> None:
         conn.reply_limit = self._idle_limit
@@ -384,17 +398,20 @@ class TargetConnections:
         if self._visits.acquire(0, probe=True):
             slot.callback(self._visits.release)
             return
+        _THREAD.taking_a_place = True
         try:
-            with _within(seconds / 2):  # the pool's check of an idle one included
-                pooled = self._pool.getconn(timeout=seconds / 2)
+            pooled = self._pool.getconn(timeout=seconds / 2)
         except PoolTimeout:
             pass
         except PoolClosed:
             raise ConnectFailed(STOPPING) from None
         else:
             _close_and_wait(pooled)
+            _REPLACED.add(pooled)  # the pool opens another in its place when it is returned
             slot.callback(self._pool.putconn, pooled)
             return
+        finally:
+            _THREAD.taking_a_place = False
         if self._visits.acquire(seconds / 2, probe=True):
             slot.callback(self._visits.release)
             return
@@ -427,6 +444,23 @@ class TargetConnections:
             return ConnectFailed(first_line(exc))
         finally:
             self._visits.release()
+
+
+# Pooled sessions the probe closed to take their place: returned closed on purpose.
+_REPLACED: "weakref.WeakSet[psycopg.Connection[Any]]" = weakref.WeakSet()
+
+
+class _QuietReplacements(logging.Filter):
+    """psycopg_pool warns of every closed session returned to it, which is news when a
+    collector's session broke (the collector reports that itself) but not when the probe
+    closed it to log in within max_connections."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(arg in _REPLACED for arg in args if isinstance(arg, psycopg.Connection))
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietReplacements())
 
 
 # PostgreSQL's SSLRequest code: any postmaster answers it with one byte, before any login.

@@ -4,6 +4,7 @@ In each, /metrics keeps answering (every scrape here has a 2 s deadline), the fa
 reported, and collection resumes by itself once the fault is gone.
 """
 
+import logging
 import threading
 import time
 import urllib.request
@@ -125,6 +126,44 @@ def test_terminated_backends_reconnect_within_the_cap(
             )
             assert not set(killed) & set(exporter_sessions(postgres, monitor_role))
     assert counts and max(counts) <= cap, f"up to {max(counts)} sessions, cap {cap}"
+
+
+def test_probe_takes_an_idle_pooled_sessions_place_quietly(
+    postgres: LocalPostgres,
+    monitor_role: str,
+    run_exporter: RunExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the visiting slot always busy, each probe's new login takes the idle pooled
+    session's place: within the cap, the target up, and not a warning about it in the log."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS slow_visit")
+        conn.execute("CREATE DATABASE slow_visit")
+    slow = {
+        "help": "Holds the visiting slot.",
+        "scope": "database",
+        "databases": ["slow_visit"],
+        "interval": "3s",
+        "timeout": "3s",
+        "queries": [{"sql": "SELECT 1 AS here FROM pg_sleep(2.5)", "metrics": {"here": "gauge"}}],
+    }
+    caplog.set_level(logging.INFO)
+    cap = 2  # the pool's one session and the visiting slot
+    config = exporter_config(postgres.dsn(user=monitor_role), collectors={"slow": slow})
+    exporter = run_exporter(with_target(config, max_connections=cap))
+    port = exporter.server.port
+    with session_count_sampler(postgres, monitor_role) as counts:
+
+        def replaced_twice() -> bool:
+            samples = scrape(port, timeout=2)
+            opened = value(samples, "pg_exporter_pool_connections_opened_total", target="pg")
+            return value(samples, "pg_up", target="pg") == 1 and (opened or 0) >= 3
+
+        wait_for(replaced_twice, timeout=60, what="the pool to reopen after two probes")
+    assert counts and max(counts) <= cap, f"up to {max(counts)} sessions, cap {cap}"
+    pool_warnings = [r for r in caplog.records if r.name.startswith("psycopg.pool")]
+    assert [r for r in pool_warnings if r.levelno >= logging.WARNING] == []
+    assert not [r for r in caplog.records if r.getMessage() == "target is down"]
 
 
 def test_network_stall(postgres: LocalPostgres) -> None:
