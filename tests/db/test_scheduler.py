@@ -65,6 +65,12 @@ def test_a_collector_that_cannot_keep_its_interval_is_seen_and_logged(
         return bool(skipped) and bool(late)
 
     wait_for(skipped_and_late, timeout=30, what="skipped runs and a late start published")
-    warnings = [r for r in caplog.records if r.getMessage() == "collector cannot keep its interval"]
+    warnings = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "collector cannot keep its interval"
+        and getattr(r, "collector", None)
+        == "slow"  # the fast ones may fall behind on a busy machine
+    ]
     assert len(warnings) == 1, warnings  # once, not once per skipped run
     assert getattr(warnings[0], "collector", None) == "slow"
