@@ -1885,8 +1885,9 @@ def _connections() -> Spec:
                 timeseries(
                     "Exporter jobs waiting for a connection",
                     (
-                        "Collector jobs waiting for a pool connection now, and seconds spent "
-                        "waiting per second."
+                        "Collector jobs waiting now for a pool connection (the target's own "
+                        "database) or for the connection that visits the other databases, and "
+                        "seconds spent waiting per second."
                     ),
                     Query(
                         sel("pg_exporter_pool_waiting_requests", db=False), "{{target}} waiting now"
@@ -1894,6 +1895,14 @@ def _connections() -> Spec:
                     Query(
                         rate("pg_exporter_pool_request_wait_seconds_total", db=False),
                         "{{target}} wait s/s",
+                    ),
+                    Query(
+                        sel("pg_exporter_visits_waiting", db=False),
+                        "{{target}} waiting to visit now",
+                    ),
+                    Query(
+                        rate("pg_exporter_visit_wait_seconds_total", db=False),
+                        "{{target}} visit wait s/s",
                     ),
                 ),
                 THIRD,

@@ -64,6 +64,33 @@ POOL_STATS: dict[str, tuple[str, str, str]] = {
         "counter",
         "Connections found broken (server restart, terminated backend).",
     ),
+    # The connection beside the pool that visits the other databases (and that the probe's
+    # new login takes first): per-database collectors queue here, one database at a time.
+    "visits_waiting": (
+        "pg_exporter_visits_waiting",
+        "gauge",
+        "Jobs waiting for the connection that visits other databases, right now.",
+    ),
+    "visits_num": (
+        "pg_exporter_visits_total",
+        "counter",
+        "Sessions opened on the visiting connection: visits to other databases, probe logins.",
+    ),
+    "visits_queued": (
+        "pg_exporter_visits_queued_total",
+        "counter",
+        "Visits that had to wait for the visiting connection.",
+    ),
+    "visits_errors": (
+        "pg_exporter_visit_wait_timeouts_total",
+        "counter",
+        "Waits for the visiting connection that timed out (the collector reported it busy).",
+    ),
+    "visits_wait_ms": (
+        "pg_exporter_visit_wait_seconds_total",
+        "counter",
+        "Time spent waiting for the visiting connection.",
+    ),
 }
 
 

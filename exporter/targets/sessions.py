@@ -189,19 +189,47 @@ class _VisitSlot:
         self._cond = threading.Condition()
         self._held = False
         self._probes_waiting = 0
+        # For the self-metrics, in the pool's manner (see stats()).
+        self._waiting = 0
+        self._taken = 0
+        self._queued = 0
+        self._timeouts = 0
+        self._wait_seconds = 0.0
 
     def acquire(self, timeout: float, *, probe: bool = False) -> bool:
         with self._cond:
-            self._probes_waiting += int(probe)
-            try:
-                free = self._cond.wait_for(
-                    lambda: not self._held and (probe or not self._probes_waiting), timeout
-                )
-                if free:  # (a timed-out wait must leave the holder's claim alone)
-                    self._held = True
-                return free
-            finally:
-                self._probes_waiting -= int(probe)
+
+            def free() -> bool:
+                return not self._held and (probe or not self._probes_waiting)
+
+            if not free() and timeout > 0:  # a try (timeout 0) that fails is no wait
+                self._queued += 1
+                self._waiting += 1
+                self._probes_waiting += int(probe)
+                started = time.monotonic()
+                try:
+                    self._cond.wait_for(free, timeout)
+                finally:
+                    self._probes_waiting -= int(probe)
+                    self._waiting -= 1
+                    self._wait_seconds += time.monotonic() - started
+                self._timeouts += int(not free())
+            if not free():  # (a timed-out wait must leave the holder's claim alone)
+                return False
+            self._held = True
+            self._taken += 1
+            return True
+
+    def stats(self) -> dict[str, int]:
+        """Counters named like psycopg_pool's get_stats(), with a `visits_` prefix."""
+        with self._cond:
+            return {
+                "visits_waiting": self._waiting,
+                "visits_num": self._taken,
+                "visits_queued": self._queued,
+                "visits_errors": self._timeouts,
+                "visits_wait_ms": int(1000 * self._wait_seconds),
+            }
 
     def release(self) -> None:
         with self._cond:
@@ -424,8 +452,8 @@ class TargetConnections:
         raise PoolBusy(f"{busy} for {seconds:g}s (the server answers: only busy)")
 
     def stats(self) -> dict[str, int]:
-        """The pool's own counters (psycopg_pool's get_stats())."""
-        return self._pool.get_stats()
+        """The pool's own counters (psycopg_pool's get_stats()) and the visiting slot's."""
+        return {**self._pool.get_stats(), **self._visits.stats()}
 
     def _explain_failure(self, waited: float) -> ConnectFailed | PoolBusy:
         """Why the pool had nothing for us: the target is down, or only busy.

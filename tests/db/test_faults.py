@@ -135,7 +135,8 @@ def test_probe_takes_an_idle_pooled_sessions_place_quietly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With the visiting slot always busy, each probe's new login takes the idle pooled
-    session's place: within the cap, the target up, and not a warning about it in the log."""
+    session's place: within the cap, the target up, and not a warning about it in the log;
+    the visits queue for the slot, and the self-metrics show it."""
     with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS slow_visit")
         conn.execute("CREATE DATABASE slow_visit")
@@ -161,6 +162,10 @@ def test_probe_takes_an_idle_pooled_sessions_place_quietly(
 
         wait_for(replaced_twice, timeout=60, what="the pool to reopen after two probes")
     assert counts and max(counts) <= cap, f"up to {max(counts)} sessions, cap {cap}"
+    # The queue for the visiting connection is in plain sight.
+    samples = scrape(port, timeout=2)
+    for name in ("pg_exporter_visits_queued_total", "pg_exporter_visit_wait_seconds_total"):
+        assert (value(samples, name, target="pg") or 0) > 0, name
     pool_warnings = [r for r in caplog.records if r.name.startswith("psycopg.pool")]
     assert [r for r in pool_warnings if r.levelno >= logging.WARNING] == []
     assert not [r for r in caplog.records if r.getMessage() == "target is down"]
