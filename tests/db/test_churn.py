@@ -94,9 +94,10 @@ def test_databases_and_extensions_come_and_go_without_leaks(
     wait_for(
         lambda: not stale(scrape(port, timeout=2)), timeout=30, what="no series of the dropped"
     )
-    samples = scrape(port, timeout=2)
-    assert set(names[:KEPT]) <= _visited(port)
-    assert value(samples, "pg_up", target="pg") == 1
+    # The kept ones stay published. A wait, not a single look: on a loaded machine one visit can
+    # miss its 1 s timeout, and a database whose visit failed is left out of that run's series.
+    wait_for(lambda: set(names[:KEPT]) <= _visited(port), timeout=30, what="the kept visited")
+    assert value(scrape(port, timeout=2), "pg_up", target="pg") == 1
     # Back to where they were: no thread or session per database visited or dropped.
     assert threading.active_count() <= threads_running
     assert _sessions(postgres) <= max_connections
