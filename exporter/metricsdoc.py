@@ -117,6 +117,12 @@ def _limit_note(collector: Collector) -> str:
             f"Query `{query.name}` publishes at most the top {collector.spec.max_rows(limit)} "
             f"rows by each of {', '.join(f'`{c}`' for c in limit.rank_by)}"
         )
+        total = collector.spec.target_max_rows(limit)
+        if total is not None:
+            text += (
+                f" in each database, and {total} by each in all the databases of a target"
+                f" together (each database's share: {total} / databases, at least 1)"
+            )
         if limit.keep_when:
             text += f", plus every row flagged by `{limit.keep_when}`"
         if limit.sticky:

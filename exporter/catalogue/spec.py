@@ -118,6 +118,13 @@ class Limit(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_rows: int | str = Field(description="a number, or the name of one of the params")
+    # A server with hundreds of databases must not publish hundreds of times the top N: with
+    # this, the databases a per-database collector visits share it, each keeping its top
+    # max(1, target_max_rows // databases) (never more than max_rows). Flagged rows are kept
+    # whatever the share.
+    target_max_rows: int | str | None = Field(
+        default=None, description="a number, or the name of one of the params"
+    )
     rank_by: tuple[str, ...] = Field(min_length=1)
     keep_when: str | None = None
     sticky: bool = True
@@ -245,11 +252,19 @@ class CollectorSpec(BaseModel):
             if query.name in seen:
                 raise ValueError(f"queries: two queries are named {query.name!r}")
             seen.add(query.name)
-            max_rows = query.limit.max_rows if query.limit is not None else 0
-            if isinstance(max_rows, str) and not isinstance(self.params.get(max_rows), int):
-                raise ValueError(
-                    f"queries.{query.name}.limit.max_rows: not the name of an integer param"
-                )
+            limit = query.limit
+            caps = {} if limit is None else {"max_rows": limit.max_rows}
+            if limit is not None and limit.target_max_rows is not None:
+                if self.scope != "database":
+                    raise ValueError(
+                        f"queries.{query.name}.limit.target_max_rows: only for scope: database"
+                    )
+                caps["target_max_rows"] = limit.target_max_rows
+            for key, cap in caps.items():
+                if isinstance(cap, str) and not isinstance(self.params.get(cap), int):
+                    raise ValueError(
+                        f"queries.{query.name}.limit.{key}: not the name of an integer param"
+                    )
             for column, spec in query.metrics.items():
                 length = spec.statement.max_length if spec.statement is not None else 0
                 if isinstance(length, str) and not isinstance(self.params.get(length), int):
@@ -259,8 +274,22 @@ class CollectorSpec(BaseModel):
                     )
         return self
 
-    def max_rows(self, limit: Limit) -> int:
-        value = limit.max_rows
+    def max_rows(self, limit: Limit, databases: int = 1) -> int:
+        """The rows a database publishes by each rank: max_rows, or with target_max_rows, its
+        share among the `databases` visited (at least one)."""
+        per_database = self._integer(limit.max_rows)
+        per_target = self.target_max_rows(limit)
+        if per_target is None:
+            return per_database
+        return max(1, min(per_database, per_target // max(databases, 1)))
+
+    def target_max_rows(self, limit: Limit) -> int | None:
+        """The rows all the databases of a target publish by each rank together, if capped."""
+        cap = limit.target_max_rows
+        return None if cap is None else self._integer(cap)
+
+    def _integer(self, value: int | str) -> int:
+        """A number, or the value of the integer param it names."""
         return value if isinstance(value, int) else int(self.params[value])
 
     def statement_columns(self) -> dict[str, int]:

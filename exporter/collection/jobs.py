@@ -213,8 +213,11 @@ class CollectorJob:
             outcome.message = target.redact(f"{type(exc).__name__}: {first_line(exc)}")
         return outcome
 
-    def _visit(self, facts: ServerFacts, database: str | None) -> tuple[RenderedFamily, ...]:
-        """Run the collector in one database (None: the target's own) and return its families."""
+    def _visit(
+        self, facts: ServerFacts, database: str | None, databases: int = 1
+    ) -> tuple[RenderedFamily, ...]:
+        """Run the collector in one database (None: the target's own), one of `databases`
+        visited this run, and return its families."""
         target, collector = self.target, self.collector
         own = database is None or database == facts.database
         labels = {"target": target.name}
@@ -239,6 +242,7 @@ class CollectorJob:
                     labels=labels,
                     timeout_seconds=collector.spec.timeout,
                     memory=self.memory.setdefault(database or "", QueryMemory()),
+                    databases=databases,
                 )
             finally:
                 conn.row_factory = tuple_row  # a pooled session goes on to other collectors
@@ -255,11 +259,12 @@ class CollectorJob:
         parts: dict[str, tuple[RenderedFamily, ...]] = {}
         reasons: list[str] = []
         errors: list[str] = []
-        for database in self.target.databases_for(self.collector, facts):
+        databases = self.target.databases_for(self.collector, facts)
+        for database in databases:
             if self.target.closing:
                 raise ConnectFailed(STOPPING)  # no new visit once stopping
             try:
-                parts[database] = self._visit(facts, database)
+                parts[database] = self._visit(facts, database, len(databases))
             except CollectorUnavailable as exc:
                 reasons.append(f"{database}: {exc.reason}")
             except _UNAVAILABLE_ERRORS as exc:

@@ -91,11 +91,13 @@ def run(
     labels: dict[str, str],
     timeout_seconds: float,
     memory: QueryMemory,
+    databases: int = 1,
 ) -> Ran:
     """Run the plan in one read-only transaction bounded by the collector's timeout.
 
     `memory` carries the capped queries' choices and the slower queries' last results from
-    one run to the next (updated here).
+    one run to the next (updated here). `databases`: how many the collector visits on this
+    target, which share a per-target cap (Limit.target_max_rows).
     """
     spec = collector.spec
     families: list[RenderedFamily] = []
@@ -116,7 +118,12 @@ def run(
             # The SQL is the catalogue's own text, not built from input: run it as written,
             # with the collector's params (if any) bound by the driver.
             text = branch.sql.encode()
-            cursor = conn.execute(text, spec.params) if spec.params else conn.execute(text)
+            params = spec.params
+            max_rows = spec.max_rows(query.limit, databases) if query.limit else 0
+            if query.limit is not None and isinstance(query.limit.max_rows, str):
+                # The SQL ranks and caps with the same param: this database's share of it.
+                params = {**params, query.limit.max_rows: max_rows}
+            cursor = conn.execute(text, params) if params else conn.execute(text)
             # The server's part ends here: libpq has every row; turning them into Python
             # objects below is the exporter's own time.
             busy += time.monotonic() - now
@@ -129,7 +136,7 @@ def run(
                 ]
                 rows, memory.chosen[query.name] = cap_rows(
                     query.limit,
-                    spec.max_rows(query.limit),
+                    max_rows,
                     columns,
                     rows,
                     key_columns,

@@ -31,8 +31,10 @@ def collect(
     *,
     user: str = "postgres",
     params: dict[str, dict[str, Any]] | None = None,
+    also: tuple[str, ...] = (),
 ) -> Samples:
-    """Run this file's collectors once in `database` only (the others are switched off)."""
+    """Run this file's collectors once in `database` only, or with the databases `also` (the
+    other collectors are switched off)."""
     collectors: dict[str, Any] = {name: {"enabled": False} for name in builtin_specs()}
     for name in MINE:
         collectors[name] = {"params": (params or {}).get(name, {})}
@@ -43,7 +45,7 @@ def collect(
                     "name": "pg",
                     "dsn": postgres.dsn(database, user=user),
                     "connect_timeout": "5s",
-                    "databases": {"include": [re.escape(database)]},
+                    "databases": {"include": [re.escape(d) for d in (database, *also)]},
                 }
             ],
             "collectors": collectors,
@@ -477,6 +479,66 @@ def test_dead_tuples_flagged_table_kept_when_capped(postgres: LocalPostgres, dat
     assert ("big",) not in labelled(
         samples, "pg_tables_last_vacuum_timestamp_seconds", database, "relname"
     )
+
+
+def test_a_targets_databases_share_its_per_object_cap(
+    postgres: LocalPostgres, database: str, other_database: str
+) -> None:
+    both = (database, other_database)
+    for name in both:
+        run(
+            postgres,
+            name,
+            # First (lowest relid, so first where counts tie), largest, busiest, most dead.
+            "CREATE TABLE big (id int) WITH (autovacuum_enabled = false)",
+            "INSERT INTO big SELECT g FROM generate_series(1, 100000) g",
+            "DELETE FROM big WHERE id <= 5000",
+            *(f"CREATE TABLE small_{n} (id int)" for n in range(3)),
+            *(f"INSERT INTO small_{n} VALUES (1)" for n in range(3)),
+        )
+    # Three quarters dead, flagged: kept whatever the share.
+    run(
+        postgres,
+        database,
+        "CREATE TABLE churned (id int) WITH (autovacuum_enabled = false)",
+        "INSERT INTO churned SELECT g FROM generate_series(1, 2000) g",
+        "DELETE FROM churned WHERE id <= 1500",
+    )
+    for name in both:
+        wait_stats(
+            postgres,
+            name,
+            "(SELECT n_dead_tup = 5000 FROM pg_stat_user_tables WHERE relname = 'big')"
+            " AND (SELECT count(*) = 3 FROM pg_stat_user_tables"
+            "      WHERE relname LIKE 'small%' AND n_tup_ins = 1)",
+            "the inserts and deletes counted",
+        )
+    wait_stats(
+        postgres,
+        database,
+        "(SELECT n_dead_tup = 1500 FROM pg_stat_user_tables WHERE relname = 'churned')",
+        "churned's deletes counted",
+    )
+    flag = {"dead_tuples_min": 1000, "dead_tuples_ratio": 0.2}
+
+    def published(samples: Samples, name: str) -> set[str]:
+        return {r for (r,) in labelled(samples, "pg_tables_n_live_tup", name, "relname")}
+
+    # Each database alone is under the cap: every table.
+    roomy = collect(postgres, database, also=(other_database,), params={"tables": flag})
+    assert published(roomy, database) == {"big", "churned", "small_0", "small_1", "small_2"}
+    assert published(roomy, other_database) == {"big", "small_0", "small_1", "small_2"}
+    # Two per ranking for the target: one each, the top of every ranking, plus the flagged.
+    shared = collect(
+        postgres,
+        database,
+        also=(other_database,),
+        params={"tables": {**flag, "max_tables_per_target": 2}},
+    )
+    assert published(shared, database) == {"big", "churned"}
+    assert published(shared, other_database) == {"big"}
+    # The totals still count every table.
+    assert value(shared, "pg_tables_all_tables", datname=other_database) == 4
 
 
 def test_cache_hit_counters_move(postgres: LocalPostgres, database: str) -> None:

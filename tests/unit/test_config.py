@@ -257,6 +257,31 @@ BAD_COLLECTORS: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {
+            "scope": "server",
+            "queries": [
+                {
+                    "sql": "SELECT 1 AS x, 'a' AS y",
+                    "limit": {"max_rows": 5, "target_max_rows": 50, "rank_by": ["x"]},
+                    "metrics": {"x": "gauge", "y": "label"},
+                }
+            ],
+        },
+        "queries.main.limit.target_max_rows: only for scope: database",
+    ),
+    (
+        {
+            "queries": [
+                {
+                    "sql": "SELECT 1 AS x, 'a' AS y",
+                    "limit": {"max_rows": 5, "target_max_rows": "many", "rank_by": ["x"]},
+                    "metrics": {"x": "gauge", "y": "label"},
+                }
+            ],
+        },
+        "queries.main.limit.target_max_rows: not the name of an integer param",
+    ),
+    (
+        {
             "queries": [
                 {
                     "branches": [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from exporter.catalogue import Limit
+from exporter.catalogue import CollectorSpec, Limit
 from exporter.collection.rowcap import cap_rows
 
 pytestmark = pytest.mark.any_major
@@ -50,3 +50,31 @@ def test_not_sticky() -> None:
     table = rows(("a", 2, 0, False), ("b", 1, 0, False))
     result = cap_rows(plain, 1, COLUMNS, table, ["relname"], frozenset({("b",)}))
     assert chosen(result) == {"a"}
+
+
+def test_a_target_cap_is_shared_by_its_databases() -> None:
+    """A 500-database server publishes at most the per-target top N, not 500 times the top N."""
+    spec = CollectorSpec.model_validate(
+        {
+            "help": "per-object",
+            "scope": "database",
+            "params": {"per_database": 25, "per_target": 500},
+            "queries": [
+                {
+                    "sql": "SELECT 1 AS size, 'a' AS relname",
+                    "limit": {
+                        "max_rows": "per_database",
+                        "target_max_rows": "per_target",
+                        "rank_by": ["size"],
+                    },
+                    "metrics": {"size": "gauge", "relname": "label"},
+                }
+            ],
+        }
+    )
+    limit = spec.queries[0].limit
+    assert limit is not None
+    shares = {n: spec.max_rows(limit, databases=n) for n in (1, 20, 21, 100, 500, 1000)}
+    assert shares == {1: 25, 20: 25, 21: 23, 100: 5, 500: 1, 1000: 1}
+    assert all(share * n <= 500 for n, share in shares.items() if n <= 500)
+    assert spec.target_max_rows(limit) == 500
