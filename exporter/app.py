@@ -11,7 +11,7 @@ from exporter.collection import Scheduler
 from exporter.config import Config, TargetConfig
 from exporter.errors import ConfigError
 from exporter.exposition.compat import derive_for
-from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.selfmetrics import self_metrics, worker_metrics
 from exporter.exposition.store import Store
 from exporter.logs import add_secrets
 from exporter.targets import ServerFacts, TargetRegistry
@@ -52,7 +52,11 @@ class Exporter:
     ) -> None:
         self.config = config
         self.metrics_path = metrics_path
-        self.store = Store(self_metrics=self_metrics, derive=derive_for(config))
+        self.store = Store(
+            self_metrics=self_metrics,
+            derive=derive_for(config),
+            process_metrics=lambda: worker_metrics(self.scheduler.worker_stats()),
+        )
         self.registry = TargetRegistry()
         # Jobs beyond the connection cap would only wait for a connection; a few extra threads
         # keep one target's slow collector from starving another target.

@@ -40,7 +40,8 @@ def _probe_id(target: str) -> str:
     return f"{target}/(probe)"
 
 
-_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# A job handed to the pool: its future, the call, and when it was queued (monotonic).
+_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], float]
 
 
 class _DaemonThreads:
@@ -58,13 +59,17 @@ class _DaemonThreads:
         self._idle = 0
         self._running = 0
         self._closed = False
+        # Saturation, for the self-metrics (WORKER_STATS): time spent running jobs and time
+        # jobs waited for a free worker, summed.
+        self._busy_seconds = 0.0
+        self._wait_seconds = 0.0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot run new jobs after shutdown")
-            self._queue.append((future, fn, args, kwargs))
+            self._queue.append((future, fn, args, kwargs, time.monotonic()))
             if self._idle == 0 and self._threads < self._max:
                 self._threads += 1
                 name = f"{self._name}-{self._threads}"
@@ -83,8 +88,10 @@ class _DaemonThreads:
                 if not self._queue:
                     self._threads -= 1
                     return
-                future, fn, args, kwargs = self._queue.popleft()
+                future, fn, args, kwargs, queued_at = self._queue.popleft()
                 self._running += 1
+                started = time.monotonic()
+                self._wait_seconds += started - queued_at
             try:
                 if future.set_running_or_notify_cancel():
                     try:
@@ -96,7 +103,19 @@ class _DaemonThreads:
             finally:
                 with self._lock:
                     self._running -= 1
+                    self._busy_seconds += time.monotonic() - started
                     self._lock.notify_all()
+
+    def stats(self) -> dict[str, float]:
+        """The pool's size and use now (keys of selfmetrics.WORKER_STATS)."""
+        with self._lock:
+            return {
+                "workers": self._max,
+                "busy": self._running,
+                "queued": len(self._queue),
+                "busy_seconds": self._busy_seconds,
+                "wait_seconds": self._wait_seconds,
+            }
 
     def shutdown(self, wait: bool = True) -> None:
         """Run nothing more (jobs not started yet are dropped); with `wait`, wait for the
@@ -372,6 +391,13 @@ class Scheduler:
         with self._lock:
             self._intervals.pop(job_id, None)
             return self._jobs.pop(job_id, None)
+
+    def worker_stats(self) -> dict[str, dict[str, float]]:
+        """Each worker pool's size and use, by pool: collectors' jobs, and the probes'."""
+        return {
+            ("collectors" if name == "default" else name): threads.stats()
+            for name, threads in self._threads.items()
+        }
 
     def shutdown(self) -> None:
         """Start no more runs; running jobs go on (see `wait`)."""

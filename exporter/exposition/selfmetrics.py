@@ -93,6 +93,49 @@ POOL_STATS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+# The scheduler's worker pools (process-wide, label `pool`: collectors, probes) ->
+# (metric, kind, help). Rendered with the whole body, which is rebuilt whenever a job publishes.
+WORKER_STATS: dict[str, tuple[str, str, str]] = {
+    "workers": (
+        "pg_exporter_workers",
+        "gauge",
+        "Jobs the pool runs at once at most: threads, started as jobs wait, shared by all targets.",
+    ),
+    "busy": (
+        "pg_exporter_workers_busy",
+        "gauge",
+        "Workers running a job.",
+    ),
+    "queued": (
+        "pg_exporter_worker_jobs_queued",
+        "gauge",
+        "Jobs due that wait for a free worker.",
+    ),
+    "busy_seconds": (
+        "pg_exporter_worker_busy_seconds_total",
+        "counter",
+        "Time the pool's workers spent on jobs that ended; its rate over pg_exporter_workers "
+        "is the pool's use.",
+    ),
+    "wait_seconds": (
+        "pg_exporter_worker_wait_seconds_total",
+        "counter",
+        "Time due jobs waited for a free worker, summed; rising: more jobs than workers.",
+    ),
+}
+
+
+def worker_metrics(pools: dict[str, dict[str, float]]) -> list[RenderedFamily]:
+    """The worker pools' size and use (Scheduler.worker_stats)."""
+    families = []
+    for key, (name, kind, help_text) in WORKER_STATS.items():
+        family = _Family(name, help_text, ["pool"], counter=kind == "counter")
+        for pool, stats in sorted(pools.items()):
+            family.add_metric([pool], stats.get(key, 0))
+        if family.samples:
+            families.append(family.rendered())
+    return families
+
 
 class _Family:
     """A family with fixed label names, written with FamilyWriter (labels sorted by name,

@@ -90,8 +90,11 @@ class Store:
         self_metrics: SelfMetrics,
         clock: Callable[[], float] = time.monotonic,
         derive: Derive | None = None,
+        process_metrics: Callable[[], Iterable[RenderedFamily]] | None = None,
     ):
         self._self_metrics = self_metrics
+        # The process's own (worker pools): in the whole body only, not in a target's (/probe).
+        self._process_metrics = process_metrics
         self._derive = derive
         self._clock = clock
         self._lock = threading.Lock()
@@ -275,6 +278,8 @@ class Store:
         valid_until = min((part.expires_at for part in live), default=float("inf"))
         statuses = self._targets if target is None else {target: self._targets[target]}
         own = tuple(self._self_metrics(dict(statuses)))
+        if target is None and self._process_metrics is not None:
+            own = (*own, *self._process_metrics())
         if self._derive is not None:  # their names for pg_up, the collectors' states...
             own = (*own, *self._derive(own))
         live.append(Part(own, 0.0, now, float("inf"), deflate_piece(_text(own))))

@@ -74,3 +74,36 @@ def test_a_collector_that_cannot_keep_its_interval_is_seen_and_logged(
     ]
     assert len(warnings) == 1, warnings  # once, not once per skipped run
     assert getattr(warnings[0], "collector", None) == "slow"
+
+
+def test_worker_pools_use_is_published(
+    postgres: LocalPostgres, run_exporter: Callable[[Config], Exporter]
+) -> None:
+    """More jobs due than workers: the wait for a worker shows, beside the pools' size."""
+    slow = {
+        "help": "Slow.",
+        "interval": "1s",
+        "timeout": "1s",
+        "queries": [{"sql": "SELECT 1 AS here FROM pg_sleep(0.5)", "metrics": {"here": "gauge"}}],
+    }
+    # Eight half-second jobs a second on a target of 2 connections (the default): its 4
+    # workers wait for sessions, and the jobs due wait for the workers.
+    config = exporter_config(postgres.dsn(), collectors={f"slow_{n}": slow for n in range(8)})
+    assert config.targets[0].max_connections == 2
+    exporter = run_exporter(config)
+    port = exporter.server.port
+
+    def saturated() -> bool:
+        samples = scrape(port)
+        return all(
+            value(samples, f"pg_exporter_worker_{counter}_seconds_total", pool="collectors")
+            for counter in ("wait", "busy")  # busy: counted as each job ends
+        )
+
+    wait_for(saturated, timeout=30, what="jobs run and jobs waiting for a worker counted")
+    samples = scrape(port)
+    assert value(samples, "pg_exporter_workers", pool="collectors") == 4
+    assert value(samples, "pg_exporter_workers", pool="probes") == 2
+    busy = value(samples, "pg_exporter_workers_busy", pool="collectors")
+    assert busy is not None and 0 <= busy <= 4
+    assert value(samples, "pg_exporter_worker_jobs_queued", pool="collectors") is not None
