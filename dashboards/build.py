@@ -2115,6 +2115,28 @@ def _exporter() -> Spec:
                 HALF,
                 9,
             ),
+            (
+                timeseries(
+                    "Worker pools",
+                    (
+                        "The exporter process's worker pools (collectors, shared by every target; "
+                        "probes): the share of their workers busy, and seconds due jobs waited "
+                        "for a worker per second (above 0: more jobs than workers). "
+                        "Process-wide, so not filtered by target."
+                    ),
+                    Query(
+                        "rate(pg_exporter_worker_busy_seconds_total[$__rate_interval])"
+                        " / pg_exporter_workers",
+                        "{{instance}} {{pool}} busy",
+                    ),
+                    Query(
+                        "rate(pg_exporter_worker_wait_seconds_total[$__rate_interval])",
+                        "{{instance}} {{pool}} wait s/s",
+                    ),
+                ),
+                HALF,
+                9,
+            ),
         ],
     )
 
