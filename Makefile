@@ -105,6 +105,7 @@ bench: bench-tools $(STAMP)
 	$(BIN)/python -m bench.load_bench --write        # ~15 min: two 60 s loads, a 10 min soak
 	$(BIN)/python -m bench.gobench --write           # ~17-25 min: see bench-go
 	$(BIN)/python -m bench.collector_cost --write    # ~5 min: each collector alone, S/M/L
+	PYTHONPATH=tests $(BIN)/python -m bench.fleet_bench --write  # ~25 min: 100 clusters, 1,000 databases
 
 ## Side by side with the Go exporter at 100 / 2,000 / 10,000 tables (Debian's
 ## prometheus-postgres-exporter and postgresql-15, which bench-tools unpacks into .cache).
@@ -117,6 +118,7 @@ bench-quick: bench-tools $(STAMP)
 	$(BIN)/python -m bench.load_bench --quick
 	$(BIN)/python -m bench.gobench --quick
 	$(BIN)/python -m bench.collector_cost --quick
+	PYTHONPATH=tests $(BIN)/python -m bench.fleet_bench --quick
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache *.egg-info
