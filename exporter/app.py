@@ -58,19 +58,15 @@ class Exporter:
             process_metrics=lambda: worker_metrics(self.scheduler.worker_stats()),
         )
         self.registry = TargetRegistry()
-        # Jobs beyond the connection cap would only wait for a connection; a few extra threads
-        # keep one target's slow collector from starving another target.
-        workers = max(4, sum(t.max_connections for t in config.targets) + 2)
-        if config.probe.enabled:
-            # Probed targets come and go; threads start only when jobs wait, so the cap costs
-            # nothing until it is needed. Sized once: a reload keeps the pool.
-            workers += min(2 * config.probe.max_targets, 32)
+        # One pool for every target, fixed: a target runs at most its connection cap of jobs
+        # at once, so none can take the workers of the others. Threads start only as jobs
+        # wait. Sized once: a reload keeps the pool.
         self.scheduler = Scheduler(
             self.store,
             config.catalogue,
             up_interval=config.up_interval,
             max_age_intervals=config.max_age_intervals,
-            max_workers=workers,
+            max_workers=config.workers,
         )
         self.health = self._health(config)
         self.probed = ProbedTargets(config, add=self._add_target, remove=self._remove_target)

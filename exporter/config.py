@@ -266,6 +266,9 @@ class Config(BaseModel):
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     up_interval: Duration = 15.0
     max_age_intervals: float = Field(default=3.0, ge=1.0)
+    # Collector jobs run at once, for all targets together (each target at most its
+    # max_connections of them).
+    workers: int = Field(default=16, ge=2, le=256)
     # `postgres_exporter`: also publish the Go exporter's names (docs/migrating-from-...md).
     compat: Literal["none", "postgres_exporter"] = "none"
     # Before `targets`: with /probe on, or targets in files, the config may name none.

@@ -40,21 +40,38 @@ def _probe_id(target: str) -> str:
     return f"{target}/(probe)"
 
 
-# A job handed to the pool: its future, the call, and when it was queued (monotonic).
-_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], float]
+# A job handed to the pool: its future, the call, its target (None: no per-target share) and
+# when it was queued (monotonic).
+_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], str | None, float]
+
+
+def _target_of(args: tuple[Any, ...]) -> str | None:
+    """The target of a job APScheduler submits (run_job(job, ...)): its id is target/collector."""
+    job_id = getattr(args[0], "id", None) if args else None
+    return job_id.rpartition("/")[0] or None if isinstance(job_id, str) else None
 
 
 class _DaemonThreads:
     """What APScheduler's pool executor uses of concurrent.futures' thread pool (submit,
     shutdown), on daemon threads. concurrent.futures joins its threads when the interpreter
     exits, so a job stuck on a frozen server would hold the process however stop() ended;
-    these are abandoned instead, their sessions cut (TargetConnections.close)."""
+    these are abandoned instead, their sessions cut (TargetConnections.close).
 
-    def __init__(self, max_workers: int, name: str) -> None:
+    One pool serves every target, fairly: a target runs at most `share(target)` jobs at once
+    (its connection cap: more would only wait for a connection), and its other due jobs wait in
+    the queue without a worker. So a slow or frozen target holds no more workers than it has
+    connections, and the pool does not have to grow with the targets to keep the others going.
+    """
+
+    def __init__(
+        self, max_workers: int, name: str, share: Callable[[str], int] | None = None
+    ) -> None:
         self._max = max_workers
         self._name = name
+        self._share = share
         self._lock = threading.Condition()
         self._queue: deque[_Task] = deque()
+        self._by_target: dict[str, int] = {}  # jobs running, per target
         self._threads = 0
         self._idle = 0
         self._running = 0
@@ -69,8 +86,9 @@ class _DaemonThreads:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot run new jobs after shutdown")
-            self._queue.append((future, fn, args, kwargs, time.monotonic()))
-            if self._idle == 0 and self._threads < self._max:
+            target = _target_of(args) if self._share is not None else None
+            self._queue.append((future, fn, args, kwargs, target, time.monotonic()))
+            if self._idle == 0 and self._threads < self._max and self._may_run(target):
                 self._threads += 1
                 name = f"{self._name}-{self._threads}"
                 threading.Thread(target=self._work, name=name, daemon=True).start()
@@ -78,18 +96,35 @@ class _DaemonThreads:
                 self._lock.notify()
         return future
 
+    def _may_run(self, target: str | None) -> bool:
+        """Under the lock: whether a job of `target` may start now (its share not used up)."""
+        if target is None or self._share is None:
+            return True
+        return self._by_target.get(target, 0) < self._share(target)
+
+    def _next(self) -> _Task | None:
+        """Under the lock: the first queued job whose target may run one more, taken out."""
+        for position, task in enumerate(self._queue):
+            if self._may_run(task[4]):
+                del self._queue[position]
+                return task
+        return None
+
     def _work(self) -> None:
         while True:
             with self._lock:
                 self._idle += 1
-                while not self._queue and not self._closed:
+                task = None
+                while not self._closed and (task := self._next()) is None:
                     self._lock.wait()
                 self._idle -= 1
-                if not self._queue:
+                if task is None:  # closed
                     self._threads -= 1
                     return
-                future, fn, args, kwargs, queued_at = self._queue.popleft()
+                future, fn, args, kwargs, target, queued_at = task
                 self._running += 1
+                if target is not None:
+                    self._by_target[target] = self._by_target.get(target, 0) + 1
                 started = time.monotonic()
                 self._wait_seconds += started - queued_at
             try:
@@ -103,6 +138,10 @@ class _DaemonThreads:
             finally:
                 with self._lock:
                     self._running -= 1
+                    if target is not None:
+                        left = self._by_target.pop(target) - 1
+                        if left:
+                            self._by_target[target] = left
                     self._busy_seconds += time.monotonic() - started
                     self._lock.notify_all()
 
@@ -147,7 +186,7 @@ class Scheduler:
         *,
         up_interval: float,
         max_age_intervals: float,
-        max_workers: int = 8,
+        max_workers: int = 16,
     ) -> None:
         self._store = store
         self._targets: dict[str, Target] = {}
@@ -165,7 +204,7 @@ class Scheduler:
         self._up_interval = up_interval
         self._max_age_intervals = max_age_intervals
         self._threads = {
-            "default": _DaemonThreads(max_workers, "job"),
+            "default": _DaemonThreads(max_workers, "job", share=self._connection_cap),
             # Probes get threads of their own: collectors queueing for a busy connection must
             # never keep pg_up from being measured.
             "probes": _DaemonThreads(PROBE_WORKERS, "probe"),
@@ -175,6 +214,11 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=dt.UTC,
         )
+
+    def _connection_cap(self, target: str) -> int:
+        """The most jobs of `target` that run at once: one per connection it may hold."""
+        found = self._targets.get(target)
+        return found.config.max_connections if found is not None else 1
 
     @property
     def collectors(self) -> list[Collector]:

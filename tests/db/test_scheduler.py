@@ -86,8 +86,8 @@ def test_worker_pools_use_is_published(
         "timeout": "1s",
         "queries": [{"sql": "SELECT 1 AS here FROM pg_sleep(0.5)", "metrics": {"here": "gauge"}}],
     }
-    # Eight half-second jobs a second on a target of 2 connections (the default): its 4
-    # workers wait for sessions, and the jobs due wait for the workers.
+    # Eight half-second jobs a second on a target of 2 connections (the default): it runs two
+    # at a time, and its other jobs due wait for a worker.
     config = exporter_config(postgres.dsn(), collectors={f"slow_{n}": slow for n in range(8)})
     assert config.targets[0].max_connections == 2
     exporter = run_exporter(config)
@@ -102,8 +102,8 @@ def test_worker_pools_use_is_published(
 
     wait_for(saturated, timeout=30, what="jobs run and jobs waiting for a worker counted")
     samples = scrape(port)
-    assert value(samples, "pg_exporter_workers", pool="collectors") == 4
+    assert value(samples, "pg_exporter_workers", pool="collectors") == 16  # `workers`
     assert value(samples, "pg_exporter_workers", pool="probes") == 2
     busy = value(samples, "pg_exporter_workers_busy", pool="collectors")
-    assert busy is not None and 0 <= busy <= 4
+    assert busy is not None and 0 <= busy <= 2  # the target's share: its connection cap
     assert value(samples, "pg_exporter_worker_jobs_queued", pool="collectors") is not None
