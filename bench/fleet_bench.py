@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -315,10 +315,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="seconds, small fleets (CI)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument(
+        "--only", choices=("clusters", "databases"), help="one of the two setups (no --write)"
+    )
     args = parser.parse_args(argv)
-    if args.quick and args.write:
-        parser.error("--write records the full run; drop --quick")
+    if (args.quick or args.only) and args.write:
+        parser.error("--write records the full run; drop --quick and --only")
     plan = QUICK if args.quick else FULL
+    if args.only == "clusters":
+        plan = replace(plan, databases=())
+    elif args.only == "databases":
+        plan = replace(plan, clusters=(1,), freeze_at=0)
     results: list[Result] = []
     freezes: list[FreezeResult] = []
     with ExitStack() as stack:

@@ -22,6 +22,7 @@ from exporter.exposition.render import (
     deflate_piece,
     escape_label_value,
     gzip_from_pieces,
+    merge_families,
 )
 from exporter.status import CollectorStatus, Reachability, TargetStatus
 
@@ -95,6 +96,11 @@ class Store:
         self._self_metrics = self_metrics
         # The process's own (worker pools): in the whole body only, not in a target's (/probe).
         self._process_metrics = process_metrics
+        # Self-metrics rendered per target, kept while its status (replaced, never changed in
+        # place) is the same: with hundreds of targets, a publish by one must not re-render
+        # all of them on the next scrape. The families of no target (build_info) apart.
+        self._common = tuple(self_metrics({}))
+        self._own_of: dict[str, tuple[TargetStatus, tuple[RenderedFamily, ...]]] = {}
         self._derive = derive
         self._clock = clock
         self._lock = threading.Lock()
@@ -198,6 +204,7 @@ class Store:
             if collector is None:
                 self._targets.pop(target, None)
                 self._drops.pop(target, None)
+                self._own_of.pop(target, None)
             elif current is not None and collector in current.collectors:
                 collectors = {k: v for k, v in current.collectors.items() if k != collector}
                 self._targets[target] = replace(current, collectors=collectors)
@@ -267,6 +274,16 @@ class Store:
                 cached = self._of_target[target] = self._build(now, target)
             return cached
 
+    def _own(self, target: str, status: TargetStatus) -> tuple[RenderedFamily, ...]:
+        """Under the lock: the target's self-metrics, rendered again only if its status changed."""
+        cached = self._own_of.get(target)
+        if cached is None or cached[0] is not status:
+            common = {family.name for family in self._common}
+            families = self._self_metrics({target: status})
+            cached = (status, tuple(f for f in families if f.name not in common))
+            self._own_of[target] = cached
+        return cached[1]
+
     def _build(self, now: float, target: str | None = None) -> Snapshot:
         """The body of every target's series, or of `target`'s only."""
         # Group by family name: one header per family, then the samples of every part.
@@ -277,7 +294,10 @@ class Store:
         ]
         valid_until = min((part.expires_at for part in live), default=float("inf"))
         statuses = self._targets if target is None else {target: self._targets[target]}
-        own = tuple(self._self_metrics(dict(statuses)))
+        own = (
+            *self._common,
+            *merge_families(self._own(name, s) for name, s in sorted(statuses.items())),
+        )
         if target is None and self._process_metrics is not None:
             own = (*own, *self._process_metrics())
         if self._derive is not None:  # their names for pg_up, the collectors' states...

@@ -103,7 +103,7 @@ def test_worker_pools_use_is_published(
     wait_for(saturated, timeout=30, what="jobs run and jobs waiting for a worker counted")
     samples = scrape(port)
     assert value(samples, "pg_exporter_workers", pool="collectors") == 16  # `workers`
-    assert value(samples, "pg_exporter_workers", pool="probes") == 2
+    assert value(samples, "pg_exporter_workers", pool="probes") == 4
     busy = value(samples, "pg_exporter_workers_busy", pool="collectors")
     assert busy is not None and 0 <= busy <= 2  # the target's share: its connection cap
     assert value(samples, "pg_exporter_worker_jobs_queued", pool="collectors") is not None
