@@ -320,7 +320,13 @@ def ours_config(port: int, dsn: str, database: str, setup: Setup) -> dict[str, o
     }
     if setup == "full":
         config["collectors"] = {
-            "tables": {"params": {"max_tables": FULL_CAP, "max_flagged_tables": FULL_CAP}},
+            "tables": {
+                "params": {
+                    "max_tables": FULL_CAP,
+                    "max_flagged_tables": FULL_CAP,
+                    "max_tables_per_target": FULL_CAP,
+                }
+            },
             "statements": {"params": {"max_statements": FULL_CAP}},
             "statement_text": {"enabled": True, "params": {"max_statements": FULL_CAP}},
         }

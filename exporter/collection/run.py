@@ -211,7 +211,12 @@ def to_families(
     value_at = [(c, index[c], query.metrics[c]) for c in value_columns]
     label_at = [index[c] for c in label_columns]
     seen: set[tuple[str, ...]] = set()
-    published: dict[str, set[tuple[str, ...]]] = {c: set() for c in value_columns}
+    # Label sets published so far by each metric that `labels:` narrows: two rows unique as a
+    # whole may share them. The others carry every label, which `seen` already checks.
+    everything = len(label_names)
+    narrowed: dict[str, set[tuple[str, ...]]] = {
+        c: set() for c in value_columns if len(carried[c]) < everything
+    }
     fixed = tuple(labels.values())
     for row in rows:
         label_values = (*fixed, *(_label_value(row[i]) for i in label_at))
@@ -226,12 +231,13 @@ def to_families(
                 continue
             positions = carried[column]
             own = tuple(label_values[i] for i in positions)
-            if own in published[column]:
-                shared = {label_names[i]: label_values[i] for i in positions}
-                raise CollectorFailed(
-                    f"query {query.name!r}: two rows give {column!r} the labels {shared}"
-                )
-            published[column].add(own)
+            if column in narrowed:
+                if own in narrowed[column]:
+                    shared = {label_names[i]: label_values[i] for i in positions}
+                    raise CollectorFailed(
+                        f"query {query.name!r}: two rows give {column!r} the labels {shared}"
+                    )
+                narrowed[column].add(own)
             text = label_texts.get(positions)
             if text is None:
                 text = label_texts[positions] = label_set([label_names[i] for i in positions], own)

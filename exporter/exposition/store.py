@@ -5,11 +5,14 @@ database, and the lock is only ever held for dictionary updates and byte joins, 
 SQL runs, so a slow database can never slow a scrape.
 
 A part is one collector's output on one target, every database it visited included, and is
-compressed whole when it is published (on the job's thread). When no family is published by
-two parts (one target: collectors never share a family), the body is the parts one after the
-other and its gzip form is their compressed forms joined: about the size of compressing the
-whole body at once, at the cost of a join. When families are shared (several targets), each
-family's header and samples are also compressed on their own, once per part, and joined.
+compressed whole when it is published (on the job's thread); only the compressed form is kept,
+with each family's name and sizes. When no family is published by two parts (one target:
+collectors never share a family), the body is the parts one after the other and its gzip form
+is their compressed forms joined: about the size of compressing the whole body at once, at the
+cost of a join. When families are shared (several targets), each family's header and samples
+are also compressed on their own, once per part, and joined. The plain body is inflated only
+for a scrape that asks for it: Prometheus asks for gzip, and at 300,000 series the plain text
+(33 MB) would be held twice, in the parts and in the body, for no one.
 """
 
 import threading
@@ -18,10 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from exporter.exposition.render import (
+    Deflated,
     RenderedFamily,
-    deflate_piece,
+    deflate_text,
     escape_label_value,
     gzip_from_pieces,
+    inflate,
     merge_families,
 )
 from exporter.status import CollectorStatus, Reachability, TargetStatus
@@ -36,43 +41,94 @@ class PartKey:
 
 
 @dataclass(frozen=True)
+class StoredFamily:
+    """A family of a part: its text is in the part's compressed pieces."""
+
+    name: str
+    series: int
+    header_length: int  # bytes of its HELP and TYPE lines
+    samples_length: int
+
+
+@dataclass(frozen=True)
 class Part:
-    families: tuple[RenderedFamily, ...]
+    families: tuple[StoredFamily, ...]
     collected_at: float  # wall clock, seconds since the epoch
     published_at: float  # monotonic clock
     expires_at: float  # monotonic clock: left out of /metrics from then on
-    deflated: bytes  # the part's text (each family's header and samples) deflated whole
-    # The same pieces deflated one by one, made the first time a snapshot needs them.
-    alone: list[bytes] = field(default_factory=list, compare=False)
+    whole: Deflated  # the part's text (each family's header and samples) compressed whole
+    # Each family's header and samples compressed on their own, made the first time a
+    # snapshot needs them.
+    alone: list[Deflated] = field(default_factory=list, compare=False)
 
     @property
     def series(self) -> int:
         return sum(f.series for f in self.families)
 
-    def pieces_alone(self) -> list[bytes]:
-        # Made by the publishing job (with several targets) before the part is shared, else
-        # under the store's lock: never twice at once.
+    def rendered(self) -> list[RenderedFamily]:
+        """The families' text again, inflated (rarely needed: a database dropped)."""
+        text, at, out = inflate([self.whole]), 0, []
+        for family in self.families:
+            header_end = at + family.header_length
+            end = header_end + family.samples_length
+            out.append(
+                RenderedFamily(
+                    family.name, text[at:header_end], text[header_end:end], family.series
+                )
+            )
+            at = end
+        return out
+
+    def pieces_alone(self, families: Sequence[RenderedFamily] | None = None) -> list[Deflated]:
+        """`alone`, from `families` (this part's text) if given, else inflated. Made by the
+        publishing job (with several targets) before the part is shared, else under the
+        store's lock: never twice at once."""
         if not self.alone:
-            for family in self.families:
-                self.alone.extend((deflate_piece(family.header), deflate_piece(family.samples)))
+            for family in self.rendered() if families is None else families:
+                self.alone.extend((deflate_text([family.header]), deflate_text([family.samples])))
         return self.alone
 
 
-class Snapshot:
-    """One version of the /metrics body; its gzip form is assembled on first request."""
+def pack(
+    families: Sequence[RenderedFamily],
+    *,
+    collected_at: float,
+    published_at: float,
+    expires_at: float,
+) -> Part:
+    """A part of `families`, compressed: their text is not kept."""
+    return Part(
+        tuple(StoredFamily(f.name, f.series, len(f.header), len(f.samples)) for f in families),
+        collected_at,
+        published_at,
+        expires_at,
+        deflate_text(text for f in families for text in (f.header, f.samples)),
+    )
 
-    def __init__(self, body: bytes, gzip_pieces: list[bytes], valid_until: float) -> None:
-        self.body = body
+
+class Snapshot:
+    """One version of the /metrics body, kept compressed; the gzip file is assembled on the
+    first request for it, the plain body inflated on the first request for that."""
+
+    def __init__(self, pieces: list[Deflated], valid_until: float) -> None:
         self.valid_until = valid_until  # monotonic: a part expires then
-        self._gzip_pieces = gzip_pieces
+        self._pieces = pieces
         self._gzip: bytes | None = None
-        self._gzip_lock = threading.Lock()
+        self._body: bytes | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def body(self) -> bytes:
+        with self._lock:
+            if self._body is None:
+                self._body = inflate(self._pieces)
+            return self._body
 
     def gzipped(self) -> bytes:
         # The pieces were compressed by the jobs; this is a join and a CRC, not a compression.
-        with self._gzip_lock:
+        with self._lock:
             if self._gzip is None:
-                self._gzip = gzip_from_pieces(self._gzip_pieces, self.body)
+                self._gzip = gzip_from_pieces(self._pieces)
             return self._gzip
 
 
@@ -143,15 +199,14 @@ class Store:
         if families is not None and derive is not None:
             families = (*families, *derive(families))
         if families is not None:  # compressed here, on the job's thread, outside the lock
-            part = Part(
-                tuple(families),
-                collected_at,
-                published_at,
-                published_at + max_age,
-                deflate_piece(_text(families)),
+            part = pack(
+                families,
+                collected_at=collected_at,
+                published_at=published_at,
+                expires_at=published_at + max_age,
             )
             if len(self._targets) > 1:  # families shared: the snapshot will want these
-                part.pieces_alone()
+                part.pieces_alone(families)
         key = PartKey(target, collector)
         with self._lock:
             if part is not None:
@@ -227,15 +282,19 @@ class Store:
             for key, part in list(self._parts.items()):
                 if key.target != target:
                     continue
-                kept = tuple(f for f in (_without(f, marks) for f in part.families) if f.series)
-                if kept == part.families:
+                families = part.rendered()
+                kept = [f for f in (_without(f, marks) for f in families) if f.series]
+                if kept == families:
                     continue
                 # Rare (a database went): compressed again under the lock, as a part is.
-                self._parts[key] = replace(
-                    part, families=kept, deflated=deflate_piece(_text(kept)), alone=[]
+                self._parts[key] = pack(
+                    kept,
+                    collected_at=part.collected_at,
+                    published_at=part.published_at,
+                    expires_at=part.expires_at,
                 )
                 if len(self._targets) > 1:
-                    self._parts[key].pieces_alone()
+                    self._parts[key].pieces_alone(kept)
             self._changed()
 
     def _changed(self) -> None:
@@ -302,25 +361,23 @@ class Store:
             own = (*own, *self._process_metrics())
         if self._derive is not None:  # their names for pg_up, the collectors' states...
             own = (*own, *self._derive(own))
-        live.append(Part(own, 0.0, now, float("inf"), deflate_piece(_text(own))))
+        own_part = pack(own, collected_at=0.0, published_at=now, expires_at=float("inf"))
+        live.append(own_part)
         by_name: dict[str, list[tuple[Part, int]]] = {}
         for part in live:
             for position, family in enumerate(part.families):
                 by_name.setdefault(family.name, []).append((part, position))
-        plain: list[bytes] = []
         if all(len(places) == 1 for places in by_name.values()):
             # Every family from one part: the body is the parts in order, and so is the stream.
-            plain = [_text(part.families) for part in live]
-            return Snapshot(b"".join(plain), [part.deflated for part in live], valid_until)
+            return Snapshot([part.whole for part in live], valid_until)
+        own_part.pieces_alone(own)
         packed = []
         for places in by_name.values():
             first, at = places[0]
-            plain.append(first.families[at].header)
             packed.append(first.pieces_alone()[2 * at])
             for part, position in places:
-                plain.append(part.families[position].samples)
                 packed.append(part.pieces_alone()[2 * position + 1])
-        return Snapshot(b"".join(plain), packed, valid_until)
+        return Snapshot(packed, valid_until)
 
 
 def _newer(current: Reachability, found: Reachability | None) -> Reachability:
@@ -334,7 +391,3 @@ def _without(family: RenderedFamily, marks: Sequence[bytes]) -> RenderedFamily:
     if len(kept) == len(lines):
         return family
     return replace(family, samples=b"".join(kept), series=family.series - len(lines) + len(kept))
-
-
-def _text(families: Iterable[RenderedFamily]) -> bytes:
-    return b"".join(text for f in families for text in (f.header, f.samples))

@@ -6,6 +6,8 @@ import random
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -14,7 +16,10 @@ from exporter.collection.run import to_families
 from exporter.errors import CollectorFailed
 from exporter.exposition.render import (
     FamilyWriter,
+    deflate_text,
     go_float,
+    gzip_from_pieces,
+    inflate,
     label_set,
     merge_families,
     render,
@@ -102,6 +107,49 @@ def test_duplicate_label_sets_are_an_error_not_a_broken_scrape() -> None:
             [("a", 1, 1, 0.0, None), ("a", 2, 1, 0.0, None)],
             {"target": "t"},
         )
+
+
+def test_a_narrowed_metric_given_one_label_set_twice_is_an_error() -> None:
+    # Rows unique as a whole, but `total` carries datname only: two samples of one series.
+    narrowed = Collector(
+        name="demo",
+        builtin=False,
+        spec=CollectorSpec.model_validate(
+            {
+                "help": "test",
+                "queries": [
+                    {
+                        "sql": "SELECT",
+                        "metrics": {
+                            "datname": "label",
+                            "relname": "label",
+                            "size": {"usage": "gauge"},
+                            "total": {"usage": "gauge", "labels": ["datname"]},
+                        },
+                    }
+                ],
+            }
+        ),
+    )
+    query = narrowed.spec.queries[0]
+    columns = ["datname", "relname", "size", "total"]
+    one_each: list[tuple[object, ...]] = [("a", "t1", 1, 5), ("b", "t2", 2, 6)]
+    text = b"".join(f.samples for f in to_families(narrowed, query, columns, one_each, {}))
+    assert text.count(b"pg_demo_total{") == 2
+    with pytest.raises(CollectorFailed, match="two rows give 'total' the labels"):
+        twice: list[tuple[object, ...]] = [("a", "t1", 1, 5), ("a", "t2", 2, 5)]
+        to_families(narrowed, query, columns, twice, {})
+
+
+def test_a_family_written_in_many_chunks_reads_as_one() -> None:
+    writer = FamilyWriter("pg_demo_rows", "rows", counter=False)
+    for i in range(1300):  # beyond two of the writer's chunks
+        writer.add(label_set(["n"], [str(i)]), i)
+    family = writer.rendered()
+    assert family.series == 1300
+    lines = family.samples.decode().splitlines()
+    assert lines[0] == 'pg_demo_rows{n="0"} 0.0' and lines[-1] == 'pg_demo_rows{n="1299"} 1299.0'
+    assert len(lines) == 1300
 
 
 def test_a_mapped_column_missing_from_the_result_is_an_error_not_silence() -> None:
@@ -293,3 +341,21 @@ def test_floats_are_spelled_as_prometheus_client_spells_them() -> None:
     values += [float("inf"), float("-inf"), float("nan")]
     for number in values:
         assert go_float(number) == floatToGoString(number), number  # type: ignore[no-untyped-call]
+
+
+@given(st.lists(st.lists(st.binary(max_size=3000), max_size=4), max_size=6))
+def test_pieces_compressed_apart_are_one_gzip_file_of_their_texts(
+    texts: list[list[bytes]],
+) -> None:
+    """gzip checks the trailer's CRC-32 and length, which the store computes from the pieces'
+    own (their texts are not kept): crc32_combine must be exact."""
+    pieces = [deflate_text(chunks) for chunks in texts]
+    body = b"".join(b"".join(chunks) for chunks in texts)
+    assert gzip.decompress(gzip_from_pieces(pieces)) == body
+    assert inflate(pieces) == body
+
+
+def test_a_piece_larger_than_the_zeros_buffer_combines_exactly() -> None:
+    big = random.Random(7).randbytes(3 << 20 | 5)
+    pieces = [deflate_text([b"head"]), deflate_text([big]), deflate_text([b"tail"])]
+    assert gzip.decompress(gzip_from_pieces(pieces)) == b"head" + big + b"tail"
