@@ -681,12 +681,16 @@ def steady_costs(
 ) -> dict[str, tuple[float, float]]:
     """Ours' database time and calls per minute by collector, in steady state.
 
-    A collector's statement runs once per run (one database is visited): its mean time over
-    this exporter's life (warm-up and window) times runs per minute (60 / interval, the
-    interval in force at the end: `effective`, which the database time budget may have
-    stretched). So the slow collectors (bloat, index_health: every 15 min) count at their
-    rate, although they rarely run inside the window. Statements that belong to no collector
-    (BEGIN, SET LOCAL, COMMIT, the `up` probe) count as measured in the window.
+    A collector's statement runs once per run (one database is visited): its mean time per
+    call times runs per minute (60 / interval, the interval in force at the end: `effective`,
+    which the database time budget may have stretched). The mean is the window's when the
+    statement ran in it: steady state is warm, and a first run at start-up, on cold caches,
+    can cost several times a later one (at 10,000 tables, `tables` 2.3 s against 0.3 s), a
+    one-off that a mean over a few runs would count in every minute. A statement that did
+    not run in the window (the slow collectors, bloat and index_health: every 15 min, or one
+    the budget stretched) is priced at its mean over the exporter's life, first run
+    included: an upper bound. Statements that belong to no collector (BEGIN, SET LOCAL,
+    COMMIT, the `up` probe) count as measured in the window.
     """
     costs: dict[str, tuple[float, float]] = {}
     for qid, total in whole.items():
@@ -696,7 +700,9 @@ def steady_costs(
         if owner is not None:
             name, configured, own = owner
             interval = max(effective.get(name, configured), own)
-            ms, calls = total.exec_ms / total.calls * 60 / interval, 60 / interval
+            warm = window.get(qid)
+            priced = warm if warm is not None and warm.calls > 0 else total
+            ms, calls = priced.exec_ms / priced.calls * 60 / interval, 60 / interval
         else:
             name = OTHER
             ms = window[qid].exec_ms * 60 / seconds
@@ -1251,7 +1257,9 @@ What is measured, per exporter and configuration:
   than 1 minute (bloat and index_health every 15 min, schema 10 min, sequences, database_size
   and wraparound 5 min) rarely run inside the window, so **steady** adds them at their rate:
   each statement of a collector (recognised by its SQL, from the catalogue) costs its mean
-  time over the exporter's life, once per run, 60 / interval runs a minute; statements of no
+  time per call in the window if it ran there (steady state is warm: a first run on cold
+  caches costs several times a later one), else over the exporter's life, first run
+  included, once per run, 60 / interval runs a minute; statements of no
   collector (BEGIN, SET LOCAL, COMMIT, the `up` probe) count as measured. For CPU, the
   slower collectors' share is given as a bound (their last run's wall time over their
   interval).

@@ -193,6 +193,8 @@ _ZEROS = memoryview(bytes(1 << 20))
 
 def _crc_of_zeros(length: int, crc: int) -> int:
     """CRC-32 continued from `crc` over `length` zero bytes."""
+    if length <= len(_ZEROS):  # nearly always: one call (with thousands of small pieces)
+        return zlib.crc32(_ZEROS[:length], crc)
     while length > 0:
         step = min(length, len(_ZEROS))
         crc = zlib.crc32(_ZEROS[:step], crc)

@@ -15,6 +15,7 @@ for a scrape that asks for it: Prometheus asks for gzip, and at 300,000 series t
 (33 MB) would be held twice, in the parts and in the body, for no one.
 """
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -56,7 +57,9 @@ class Part:
     collected_at: float  # wall clock, seconds since the epoch
     published_at: float  # monotonic clock
     expires_at: float  # monotonic clock: left out of /metrics from then on
-    whole: Deflated  # the part's text (each family's header and samples) compressed whole
+    # The part's text (each family's header and samples) compressed whole; None when only
+    # `alone` was made (the self-metrics of several targets, which share every family).
+    whole: Deflated | None
     # Each family's header and samples compressed on their own, made the first time a
     # snapshot needs them.
     alone: list[Deflated] = field(default_factory=list, compare=False)
@@ -67,7 +70,7 @@ class Part:
 
     def rendered(self) -> list[RenderedFamily]:
         """The families' text again, inflated (rarely needed: a database dropped)."""
-        text, at, out = inflate([self.whole]), 0, []
+        text, at, out = inflate(self.pieces()), 0, []
         for family in self.families:
             header_end = at + family.header_length
             end = header_end + family.samples_length
@@ -78,6 +81,10 @@ class Part:
             )
             at = end
         return out
+
+    def pieces(self) -> list[Deflated]:
+        """The part's text as compressed pieces, in order."""
+        return [self.whole] if self.whole is not None else self.alone
 
     def pieces_alone(self, families: Sequence[RenderedFamily] | None = None) -> list[Deflated]:
         """`alone`, from `families` (this part's text) if given, else inflated. Made by the
@@ -95,15 +102,20 @@ def pack(
     collected_at: float,
     published_at: float,
     expires_at: float,
+    whole: bool = True,
 ) -> Part:
-    """A part of `families`, compressed: their text is not kept."""
-    return Part(
+    """A part of `families`, compressed (their text is not kept): whole, or else each
+    family's header and samples on their own."""
+    part = Part(
         tuple(StoredFamily(f.name, f.series, len(f.header), len(f.samples)) for f in families),
         collected_at,
         published_at,
         expires_at,
-        deflate_text(text for f in families for text in (f.header, f.samples)),
+        deflate_text(text for f in families for text in (f.header, f.samples)) if whole else None,
     )
+    if not whole:
+        part.pieces_alone(families)
+    return part
 
 
 class Snapshot:
@@ -348,7 +360,7 @@ class Store:
         # Group by family name: one header per family, then the samples of every part.
         live = [
             part
-            for key, part in sorted(self._parts.items())
+            for key, part in sorted(self._parts.items(), key=_by_key)
             if part.expires_at > now and target in (None, key.target)
         ]
         valid_until = min((part.expires_at for part in live), default=float("inf"))
@@ -361,16 +373,22 @@ class Store:
             own = (*own, *self._process_metrics())
         if self._derive is not None:  # their names for pg_up, the collectors' states...
             own = (*own, *self._derive(own))
-        own_part = pack(own, collected_at=0.0, published_at=now, expires_at=float("inf"))
-        live.append(own_part)
         by_name: dict[str, list[tuple[Part, int]]] = {}
         for part in live:
             for position, family in enumerate(part.families):
                 by_name.setdefault(family.name, []).append((part, position))
-        if all(len(places) == 1 for places in by_name.values()):
+        shared = any(len(places) > 1 for places in by_name.values()) or any(
+            family.name in by_name for family in own
+        )
+        own_part = pack(
+            own, collected_at=0.0, published_at=now, expires_at=math.inf, whole=not shared
+        )
+        live.append(own_part)
+        if not shared:
             # Every family from one part: the body is the parts in order, and so is the stream.
-            return Snapshot([part.whole for part in live], valid_until)
-        own_part.pieces_alone(own)
+            return Snapshot([piece for part in live for piece in part.pieces()], valid_until)
+        for position, family in enumerate(own_part.families):
+            by_name.setdefault(family.name, []).append((own_part, position))
         packed = []
         for places in by_name.values():
             first, at = places[0]
@@ -378,6 +396,10 @@ class Store:
             for part, position in places:
                 packed.append(part.pieces_alone()[2 * position + 1])
         return Snapshot(packed, valid_until)
+
+
+def _by_key(item: tuple[PartKey, Part]) -> tuple[str, str]:
+    return item[0].target, item[0].collector  # (a tuple compares in C, a PartKey in Python)
 
 
 def _newer(current: Reachability, found: Reachability | None) -> Reachability:
