@@ -224,7 +224,12 @@ class CollectorJob:
         if collector.spec.scope == "database":
             labels["datname"] = database or facts.database
         wait = target.config.connect_timeout + collector.spec.timeout
-        with target.connections.connection(None if own else database, wait_seconds=wait) as conn:
+        # A first run (at start, when every collector is due at once) may take the visiting
+        # slot while it is idle, so two runs on the own database need not queue one behind
+        # the other; later runs keep to the pool (no login per run).
+        first = self.status.state == State.PENDING
+        visited = None if own else database
+        with target.connections.connection(visited, wait_seconds=wait, spare=first) as conn:
             if own:
                 extensions = facts.extensions
             else:

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
@@ -29,10 +30,25 @@ from exporter.targets import Target
 log = logging.getLogger(__name__)
 
 PROBE_WORKERS = 4  # probes are mostly waits (a login, a few catalog reads): 100 targets in ~8 s
-# At start-up, the slower collectors' first runs follow the fast ones' this far apart.
-FIRST_RUN_SPACING_SECONDS = 0.1
+# At start-up, the slower collectors' first runs follow the fast ones' this far apart: only to
+# keep their order (APScheduler runs jobs due at the same time in the order of their ids).
+FIRST_RUN_SPACING_SECONDS = 0.001
+# At start-up, collectors of a longer interval (bloat, index_health, sequences...) have their
+# first run once every collector of at most this interval has had its own (or one up interval
+# after start at the latest): their heavy catalog queries, run alongside, would slow the
+# others' first runs (at 10,000 tables two such queries at once take twice as long each).
+PROMPT_INTERVAL_SECONDS = 60.0
 # An interval the budget wants is applied when it differs from the scheduled one by more.
 RESCHEDULE_TOLERANCE = 0.1
+
+
+@dataclass
+class _HeldBack:
+    """A target's slower collectors, whose first runs wait for its prompt ones'."""
+
+    awaited: set[str]  # prompt collectors whose first run has not ended yet
+    jobs: list[str]  # the slower collectors' job ids, in the order they are to run
+    until: dt.datetime  # when the last of them runs at the latest
 
 
 def _probe_id(target: str) -> str:
@@ -194,9 +210,13 @@ class Scheduler:
         self._budgets: dict[str, Budget] = {}  # by target
         self._lock = threading.Lock()  # the jobs' intervals, changed from the jobs' threads
         self._intervals: dict[str, float] = {}  # by job id: as the budget wants it now
-        # Interval changes (job id, old, new), applied on a thread of their own: a job must not
-        # call APScheduler, whose shutdown holds its job-store lock while it waits for the jobs.
-        self._changes: queue.SimpleQueue[tuple[str, float, float] | None] = queue.SimpleQueue()
+        # Interval changes (job id, old, new) and held-back first runs now due, applied on a
+        # thread of their own: a job must not call APScheduler, whose shutdown holds its
+        # job-store lock while it waits for the jobs.
+        self._changes: queue.SimpleQueue[tuple[str, float, float] | _HeldBack | None] = (
+            queue.SimpleQueue()
+        )
+        self._held: dict[str, _HeldBack] = {}  # by target, until its prompt collectors ran
         self._rescheduler = threading.Thread(
             target=self._apply_changes, name="budget-rescheduler", daemon=True
         )
@@ -233,7 +253,8 @@ class Scheduler:
         """Schedule a target's jobs; the first run of each is now, not one interval from now.
 
         The fast collectors (pg_up's companions) go first; the others follow in order of their
-        interval, so the cheap ones have run before a slow one holds the connection.
+        interval, so the cheap ones have run before a slow one holds the connection. Those of an
+        interval above PROMPT_INTERVAL_SECONDS wait until the others' first runs have ended.
         """
         now = dt.datetime.now(dt.UTC)
         self._targets[target.name] = target
@@ -250,15 +271,29 @@ class Scheduler:
             executor="probes",
             misfire_grace_time=max(1, int(self._up_interval)),
         )
+        runs = [c for c in self._collectors if c.spec.target_type == target.config.type]
         slower = sorted(
-            (c for c in self._collectors if c.spec.interval > self._up_interval),
-            key=lambda c: c.spec.interval,
+            (c for c in runs if c.spec.interval > self._up_interval), key=lambda c: c.spec.interval
         )
-        for collector in self._collectors:
+        held = {c.name for c in slower if c.spec.interval > PROMPT_INTERVAL_SECONDS}
+        awaited = {c.name for c in runs if c.spec.interval <= PROMPT_INTERVAL_SECONDS}
+        # Held back one up interval at the latest (a prompt collector removed by a reload
+        # meanwhile never ends its first run); the last prompt one to end releases them sooner.
+        later = dt.timedelta(seconds=self._up_interval if held and awaited else 0)
+        if later:
+            with self._lock:
+                self._held[target.name] = _HeldBack(
+                    awaited,
+                    [f"{target.name}/{c.name}" for c in slower if c.name in held],
+                    now + later + dt.timedelta(seconds=FIRST_RUN_SPACING_SECONDS * len(slower)),
+                )
+        for collector in runs:
             if collector.spec.interval <= self._up_interval:
                 self._add_collector_job(target, collector, now)
         for order, collector in enumerate(slower):
             start = now + dt.timedelta(seconds=FIRST_RUN_SPACING_SECONDS * (order + 1))
+            if collector.name in held:
+                start += later
             self._add_collector_job(target, collector, start)
 
     def _add_collector_job(
@@ -323,6 +358,8 @@ class Scheduler:
     def remove_target(self, name: str) -> None:
         self._targets.pop(name, None)
         self._budgets.pop(name, None)
+        with self._lock:
+            self._held.pop(name, None)
         prefix = f"{name}/"
         for job in self._scheduler.get_jobs():
             # Its own jobs only: a probed target `h:5432` is not `h:5432/app`'s prefix owner.
@@ -334,8 +371,16 @@ class Scheduler:
 
     def _cost_of(self, job: CollectorJob, seconds: float) -> float:
         """A run's database time, on the job's thread: the budget may change the intervals of
-        the target's collectors. Returns the job's own interval from now on."""
+        the target's collectors. Returns the job's own interval from now on. (Told after every
+        run: the last prompt first run releases the target's held-back collectors.)"""
         target = job.target.name
+        with self._lock:
+            held = self._held.get(target)
+            if held is not None:
+                held.awaited.discard(job.name)
+                if not held.awaited:
+                    del self._held[target]
+                    self._changes.put(held)
         budget = self._budgets.get(target)
         if budget is None:  # removed meanwhile
             return job.collector.spec.interval
@@ -355,6 +400,9 @@ class Scheduler:
 
     def _apply_changes(self) -> None:
         while (change := self._changes.get()) is not None:
+            if isinstance(change, _HeldBack):
+                self._release(change)
+                continue
             job_id, old, new = change
             with self._lock:
                 job = self._jobs.get(job_id)
@@ -364,6 +412,19 @@ class Scheduler:
                 self._reschedule(job_id, job, old, new)
             except Exception:  # a job removed or the scheduler stopped meanwhile
                 log.debug("interval change not applied", extra={"job": job_id}, exc_info=True)
+
+    def _release(self, held: _HeldBack) -> None:
+        """The held-back collectors' first runs, now (those that have not run meanwhile)."""
+        now = dt.datetime.now(dt.UTC)
+        for order, job_id in enumerate(held.jobs):
+            try:
+                scheduled = self._scheduler.get_job(job_id)
+                first = scheduled.next_run_time if scheduled is not None else None
+                if first is not None and now < first <= held.until:
+                    start = now + dt.timedelta(seconds=FIRST_RUN_SPACING_SECONDS * order)
+                    self._scheduler.modify_job(job_id, next_run_time=start)
+            except Exception:  # a job removed or the scheduler stopped meanwhile
+                log.debug("first run not moved", extra={"job": job_id}, exc_info=True)
 
     def _reschedule(self, job_id: str, job: CollectorJob, old: float, interval: float) -> None:
         scheduled = self._scheduler.get_job(job_id)

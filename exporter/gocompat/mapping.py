@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
 MAPPING_FILE = Path(__file__).with_name("mapping.yaml")
+# libyaml's parser when PyYAML has it: the file is read at every start (the CLI's flags).
+_FAST_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class MetricMapping(BaseModel):
@@ -145,4 +147,4 @@ class Mapping(BaseModel):
 
 @cache
 def load_mapping() -> Mapping:
-    return Mapping.model_validate(yaml.safe_load(MAPPING_FILE.read_text()))
+    return Mapping.model_validate(yaml.load(MAPPING_FILE.read_text(), Loader=_FAST_YAML_LOADER))

@@ -346,17 +346,20 @@ class TargetConnections:
 
     @contextmanager
     def connection(
-        self, database: str | None = None, *, wait_seconds: float
+        self, database: str | None = None, *, wait_seconds: float, spare: bool = False
     ) -> Iterator[psycopg.Connection[Any]]:
         """A session on the target's own database (None) or on another database.
 
         `wait_seconds` bounds the wait for a free connection: a job may queue behind another
-        job's query, but not forever.
+        job's query, but not forever. With `spare` (a collector's first run, at start), a
+        session on the own database takes the visiting slot instead of queueing when no pooled
+        connection is idle and no visit or probe holds the slot: two collectors of the own
+        database then run at once, still within max_connections.
         """
         # A statement gets its own timeout (at most wait_seconds) to answer, and the grace.
         reply_limit = wait_seconds + self._target.connect_timeout + REPLY_GRACE_SECONDS
         self._check_open()
-        if database is None:
+        if database is None and not (spare and self._visit_slot_spare()):
             try:
                 with self._pool.connection(timeout=wait_seconds) as conn, self._in_use(conn):
                     conn.reply_limit = reply_limit
@@ -366,7 +369,7 @@ class TargetConnections:
             except PoolClosed:
                 raise ConnectFailed(STOPPING) from None
             return
-        if not self._visits.acquire(wait_seconds):
+        if database is not None and not self._visits.acquire(wait_seconds):
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
         try:
             try:
@@ -381,6 +384,11 @@ class TargetConnections:
                 _close_and_wait(conn)
         finally:
             self._visits.release()
+
+    def _visit_slot_spare(self) -> bool:
+        """Whether the visiting slot was free and is now taken for a session on the own
+        database, because no pooled connection is idle (all in use, or still opening)."""
+        return self._pool.get_stats()["pool_available"] == 0 and self._visits.acquire(0)
 
     @contextmanager
     def fresh_session(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:

@@ -7,6 +7,7 @@ import psycopg
 import pytest
 
 from exporter.app import Exporter
+from exporter.catalogue import builtin_specs
 from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
 from support import exporter_config, scrape, value, wait_for
@@ -107,3 +108,91 @@ def test_worker_pools_use_is_published(
     busy = value(samples, "pg_exporter_workers_busy", pool="collectors")
     assert busy is not None and 0 <= busy <= 2  # the target's share: its connection cap
     assert value(samples, "pg_exporter_worker_jobs_queued", pool="collectors") is not None
+
+
+FIRST_RUNS_ROLE = "first_runs_monitor"
+
+
+def _clock_collector(interval: str, column: str, sql: str) -> dict[str, object]:
+    return {
+        "help": "When it ran.",
+        "interval": interval,
+        "timeout": "5s",
+        "queries": [{"sql": sql, "metrics": {column: "gauge", "sessions": "gauge"}}],
+    }
+
+
+# The exporter's sessions as the statement ends (its role's own: the tests' are not counted).
+_SESSIONS = (
+    "(SELECT count(*) FROM pg_stat_activity WHERE usename = current_user"
+    " AND application_name = 'pg-health-exporter') AS sessions"
+)
+
+
+def test_first_runs_on_the_own_database_use_both_connections(
+    postgres: LocalPostgres, run_exporter: Callable[[Config], Exporter]
+) -> None:
+    """At start, two collectors of the target's own database run at once, the second on the
+    idle visiting slot: never more sessions than max_connections (2, the default)."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {FIRST_RUNS_ROLE}")
+        conn.execute(f"CREATE ROLE {FIRST_RUNS_ROLE} LOGIN IN ROLE pg_monitor")
+    nap = _clock_collector(
+        "60s",
+        "started",
+        f"SELECT extract(epoch FROM statement_timestamp()) AS started, {_SESSIONS}"
+        " FROM pg_sleep(1)",
+    )
+    # Fast collectors every 15 s: no probe takes the visiting slot meanwhile.
+    config = exporter_config(
+        postgres.dsn(user=FIRST_RUNS_ROLE),
+        interval="15s",
+        collectors={"nap_a": nap, "nap_b": nap},
+    )
+    assert config.targets[0].max_connections == 2
+    port = run_exporter(config).server.port
+
+    def both_ran() -> bool:
+        samples = scrape(port)
+        return all(value(samples, f"pg_{n}_started", target="pg") for n in ("nap_a", "nap_b"))
+
+    wait_for(both_ran, timeout=30, what="both collectors' first runs")
+    samples = scrape(port)
+    started = [value(samples, f"pg_{n}_started", target="pg") or 0.0 for n in ("nap_a", "nap_b")]
+    sessions = [value(samples, f"pg_{n}_sessions", target="pg") for n in ("nap_a", "nap_b")]
+    assert abs(started[0] - started[1]) < 1, started  # each sleeps 1 s: they overlapped
+    assert sessions == [2, 2], sessions
+
+
+def test_slower_collectors_first_run_after_the_prompt_ones(
+    postgres: LocalPostgres, run_exporter: Callable[[Config], Exporter]
+) -> None:
+    """A collector of a 5-minute interval starts its first run once every collector of at most
+    a minute has had its own (not alongside them), and well before the up interval's bound."""
+    prompt = _clock_collector(
+        "60s",
+        "ended",
+        f"SELECT extract(epoch FROM clock_timestamp()) AS ended, {_SESSIONS} FROM pg_sleep(1)",
+    )
+    later = _clock_collector(
+        "5m", "started", f"SELECT extract(epoch FROM clock_timestamp()) AS started, {_SESSIONS}"
+    )
+    # Only these two: nothing else delays the later one's start.
+    alone = {name: {"enabled": False} for name in builtin_specs()}
+    config = exporter_config(
+        postgres.dsn(), interval="15s", collectors={**alone, "prompt": prompt, "later": later}
+    )
+    port = run_exporter(config).server.port
+
+    def both_ran() -> bool:
+        samples = scrape(port)
+        return bool(
+            value(samples, "pg_prompt_ended", target="pg")
+            and value(samples, "pg_later_started", target="pg")
+        )
+
+    wait_for(both_ran, timeout=30, what="both collectors' first runs")
+    samples = scrape(port)
+    ended = value(samples, "pg_prompt_ended", target="pg") or 0.0
+    started = value(samples, "pg_later_started", target="pg") or 0.0
+    assert ended <= started < ended + 10, (ended, started)  # released, not held for 15 s
