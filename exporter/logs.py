@@ -106,10 +106,9 @@ def setup(level: str, fmt: str, secrets: list[str] | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The exporter logs a target's failures once, itself; psycopg_pool would repeat each
-    # reconnection attempt, and APScheduler each job start or each run skipped because the
-    # previous one overran (pg_exporter_collector_duration_seconds shows that), every interval.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # The exporter logs a target's failures once, itself; APScheduler would log each job
+    # start or each run skipped because the previous one overran
+    # (pg_exporter_collector_duration_seconds shows that), every interval.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught

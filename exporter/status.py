@@ -57,7 +57,7 @@ class Reachability:
 class TargetStatus:
     reach: Reachability = Reachability()
     collectors: dict[str, CollectorStatus] = field(default_factory=dict)
-    pool: dict[str, int] = field(default_factory=dict)  # psycopg_pool's get_stats()
+    pool: dict[str, int] = field(default_factory=dict)  # the session pool's get_stats()
     budget: float | None = None  # database time per second the collectors may use
 
     @property

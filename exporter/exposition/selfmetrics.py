@@ -7,7 +7,7 @@ from exporter import __version__
 from exporter.exposition.render import FamilyWriter, RenderedFamily, label_set
 from exporter.status import State, TargetStatus
 
-# psycopg_pool's get_stats() keys -> (metric, kind, help). Keys it omits while zero are 0.
+# The session pool's get_stats() keys (psycopg_pool's names) -> (metric, kind, help).
 POOL_STATS: dict[str, tuple[str, str, str]] = {
     "pool_size": (
         "pg_exporter_pool_connections",

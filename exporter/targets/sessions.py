@@ -16,14 +16,12 @@ gets all but one of them, visits to other databases share the last one, and the 
 login takes that slot first (or an idle pooled connection's place).
 """
 
-import logging
 import math
 import os
 import socket
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
@@ -33,10 +31,16 @@ from psycopg import sql
 from psycopg.abc import Buffer, PQGen
 from psycopg.adapt import Loader
 from psycopg.pq import Format
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from exporter.config import TargetConfig
 from exporter.errors import ConnectFailed, PoolBusy, first_line
+from exporter.targets.pool import (
+    PoolClosed,
+    PoolConnectFailed,
+    PoolTimeout,
+    SessionPool,
+    check_connection,
+)
 from exporter.targets.watchdog import Watchdog
 
 APPLICATION_NAME = "pg-health-exporter"
@@ -46,8 +50,7 @@ REPLY_GRACE_SECONDS = 2.0
 
 _WATCHDOG = Watchdog("session-watchdog")
 _Result = TypeVar("_Result")
-# `deadline`: a monotonic time that no wait for the server on this thread may pass;
-# `taking_a_place`: this thread checks a pooled session out only to close it (no check).
+# `deadline`: a monotonic time that no wait for the server on this thread may pass.
 _THREAD = threading.local()
 
 
@@ -248,23 +251,15 @@ class TargetConnections:
         self._used: set[BoundedConnection] = set()  # sessions jobs hold now: close() cuts them
         # Where the last new login reached the server: (host or socket directory, port).
         self._address: tuple[str, int] | None = None
-        self._pool = ConnectionPool(
-            target.conninfo(),
-            kwargs=self._kwargs,
-            min_size=1,
+        # Sessions are opened by the job that needs one (no threads per target), and a broken
+        # one (server restart, pg_terminate_backend) is replaced at checkout. A closed one's
+        # place is free once its server process has exited (see _close_and_wait).
+        self._pool: SessionPool[BoundedConnection] = SessionPool(
+            lambda: self._connect(self._target.conninfo(), **self._kwargs),
             max_size=pool_size,
-            open=False,
-            name=target.name,
-            # A broken connection (server restart, pg_terminate_backend) is replaced at checkout.
             check=self._check,
-            # Give up a reconnection loop early: the next checkout starts a fresh attempt, so a
-            # returning server is seen within one collector interval, not after a long backoff.
-            reconnect_timeout=max(10.0, 2 * target.connect_timeout),
-            timeout=target.connect_timeout,
-            num_workers=1,
-            connection_class=BoundedConnection,
-            configure=self._configure,
             reset=self._between_uses,
+            close=_close_and_wait,
         )
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
@@ -272,26 +267,16 @@ class TargetConnections:
 
     def _check(self, conn: BoundedConnection) -> None:
         """The pool's test of an idle session at checkout; a broken one is replaced."""
-        if getattr(_THREAD, "taking_a_place", False):
-            # It is about to be closed: a check would only risk cutting a healthy session
-            # on a short deadline, whose server process then outlives its slot.
-            return
         if self._target.type == "postgres":
-            ConnectionPool.check_connection(conn)
+            check_connection(conn)
         else:
             _check_console(conn)
-
-    def _configure(self, conn: BoundedConnection) -> None:
-        conn.reply_limit = self._idle_limit
-        if self._target.type == "postgres":
-            _raw_bytes_from_sql_ascii(conn)
 
     def _between_uses(self, conn: BoundedConnection) -> None:
         conn.reply_limit = self._idle_limit
 
     def open(self) -> None:
-        """Start connecting in the background; never blocks start-up."""
-        self._pool.open(wait=False)
+        """Nothing to do ahead of use: the first job to need a session opens it."""
 
     @property
     def closing(self) -> bool:
@@ -306,8 +291,8 @@ class TargetConnections:
             used, self._used = list(self._used), set()
         for conn in used:
             conn.sever()
-        # Its background workers may be stuck connecting; they are daemon threads.
-        self._pool.close(timeout=0.2)
+        # A job opening a session meanwhile closes it itself when its connect returns.
+        self._pool.close()
 
     def _check_open(self) -> None:
         if self._closing:
@@ -368,6 +353,8 @@ class TargetConnections:
                 raise self._explain_failure(wait_seconds) from None
             except PoolClosed:
                 raise ConnectFailed(STOPPING) from None
+            except PoolConnectFailed as exc:
+                raise ConnectFailed(str(exc)) from None
             return
         if database is not None and not self._visits.acquire(wait_seconds):
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
@@ -387,8 +374,10 @@ class TargetConnections:
 
     def _visit_slot_spare(self) -> bool:
         """Whether the visiting slot was free and is now taken for a session on the own
-        database, because no pooled connection is idle (all in use, or still opening)."""
-        return self._pool.get_stats()["pool_available"] == 0 and self._visits.acquire(0)
+        database, because the pool has no idle session and no room for another."""
+        stats = self._pool.get_stats()
+        full = stats["pool_available"] == 0 and stats["pool_size"] >= stats["pool_max"]
+        return full and self._visits.acquire(0)
 
     @contextmanager
     def fresh_session(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:
@@ -434,20 +423,12 @@ class TargetConnections:
         if self._visits.acquire(0, probe=True):
             slot.callback(self._visits.release)
             return
-        _THREAD.taking_a_place = True
         try:
-            pooled = self._pool.getconn(timeout=seconds / 2)
-        except PoolTimeout:
-            pass
+            # An unopened place in the pool, or an idle session's (closed first).
+            if slot.enter_context(self._pool.place(seconds / 2)):
+                return
         except PoolClosed:
             raise ConnectFailed(STOPPING) from None
-        else:
-            _close_and_wait(pooled)
-            _REPLACED.add(pooled)  # the pool opens another in its place when it is returned
-            slot.callback(self._pool.putconn, pooled)
-            return
-        finally:
-            _THREAD.taking_a_place = False
         if self._visits.acquire(seconds / 2, probe=True):
             slot.callback(self._visits.release)
             return
@@ -460,7 +441,8 @@ class TargetConnections:
         raise PoolBusy(f"{busy} for {seconds:g}s (the server answers: only busy)")
 
     def stats(self) -> dict[str, int]:
-        """The pool's own counters (psycopg_pool's get_stats()) and the visiting slot's."""
+        """The pool's own counters (named as psycopg_pool's get_stats()) and the visiting
+        slot's."""
         return {**self._pool.get_stats(), **self._visits.stats()}
 
     def _explain_failure(self, waited: float) -> ConnectFailed | PoolBusy:
@@ -480,23 +462,6 @@ class TargetConnections:
             return ConnectFailed(first_line(exc))
         finally:
             self._visits.release()
-
-
-# Pooled sessions the probe closed to take their place: returned closed on purpose.
-_REPLACED: "weakref.WeakSet[psycopg.Connection[Any]]" = weakref.WeakSet()
-
-
-class _QuietReplacements(logging.Filter):
-    """psycopg_pool warns of every closed session returned to it, which is news when a
-    collector's session broke (the collector reports that itself) but not when the probe
-    closed it to log in within max_connections."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not any(arg in _REPLACED for arg in args if isinstance(arg, psycopg.Connection))
-
-
-logging.getLogger("psycopg.pool").addFilter(_QuietReplacements())
 
 
 # PostgreSQL's SSLRequest code: any postmaster answers it with one byte, before any login.

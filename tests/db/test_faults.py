@@ -155,19 +155,22 @@ def test_probe_takes_an_idle_pooled_sessions_place_quietly(
     port = exporter.server.port
     with session_count_sampler(postgres, monitor_role) as counts:
 
-        def replaced_twice() -> bool:
+        def replaced() -> bool:
+            # Nothing else closes a pooled session here (no errors, none lost): a second
+            # login by the pool means a probe closed the idle one to take its place, and a
+            # collector opened it again when it next needed it.
             samples = scrape(port, timeout=2)
             opened = value(samples, "pg_exporter_pool_connections_opened_total", target="pg")
-            return value(samples, "pg_up", target="pg") == 1 and (opened or 0) >= 3
+            return value(samples, "pg_up", target="pg") == 1 and (opened or 0) >= 2
 
-        wait_for(replaced_twice, timeout=60, what="the pool to reopen after two probes")
+        wait_for(replaced, timeout=60, what="a probe to take the pooled session's place")
     assert counts and max(counts) <= cap, f"up to {max(counts)} sessions, cap {cap}"
     # The queue for the visiting connection is in plain sight.
     samples = scrape(port, timeout=2)
     for name in ("pg_exporter_visits_queued_total", "pg_exporter_visit_wait_seconds_total"):
         assert (value(samples, name, target="pg") or 0) > 0, name
-    pool_warnings = [r for r in caplog.records if r.name.startswith("psycopg.pool")]
-    assert [r for r in pool_warnings if r.levelno >= logging.WARNING] == []
+    assert value(samples, "pg_exporter_pool_connections_lost_total", target="pg") == 0
+    assert not [r for r in caplog.records if r.name.startswith("psycopg") and r.levelno >= 30]
     assert not [r for r in caplog.records if r.getMessage() == "target is down"]
 
 

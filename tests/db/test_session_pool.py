@@ -1,0 +1,140 @@
+"""The connection pool without threads (exporter/targets/pool.py), on a real server."""
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from exporter.demo.embedded import LocalPostgres
+from exporter.targets.pool import PoolClosed, PoolConnectFailed, PoolTimeout, SessionPool
+from support import wait_for
+
+pytestmark = pytest.mark.any_major
+
+NAME = "session-pool-test"
+
+
+def sessions(postgres: LocalPostgres) -> int:
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (NAME,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def pool_of(postgres: LocalPostgres, size: int, **options: Any) -> SessionPool[Any]:
+    dsn = postgres.dsn()
+    return SessionPool(
+        lambda: psycopg.connect(dsn, application_name=NAME), max_size=size, **options
+    )
+
+
+def test_sessions_are_opened_on_demand_reused_and_capped(postgres: LocalPostgres) -> None:
+    before = threading.active_count()
+    pool = pool_of(postgres, 2)
+    assert sessions(postgres) == 0  # nothing opened ahead of a need
+    with pool.connection(1) as first:
+        first.execute("SELECT 1")
+    with pool.connection(1) as again:
+        assert again is first  # an idle session is reused, not a new login
+    with pool.connection(1) as one, pool.connection(1) as two:
+        assert one is not two
+        assert sessions(postgres) == 2
+        with pytest.raises(PoolTimeout):
+            pool.getconn(0.2)  # a third: the cap holds
+    stats = pool.get_stats()
+    assert stats["connections_num"] == 2 and stats["pool_size"] == 2
+    assert stats["requests_num"] == 5 and stats["requests_errors"] == 1
+    assert stats["requests_queued"] == 1 and stats["pool_available"] == 2
+    assert threading.active_count() == before  # no threads of its own
+    pool.close()
+    assert wait_for(lambda: sessions(postgres) == 0, timeout=10)
+
+
+def test_a_waiter_gets_the_session_returned(postgres: LocalPostgres) -> None:
+    pool = pool_of(postgres, 1)
+    held = pool.getconn(1)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.getconn(10)))
+    waiter.start()
+    assert wait_for(lambda: pool.get_stats()["requests_waiting"] == 1, timeout=10)
+    pool.putconn(held)
+    waiter.join(10)
+    assert got == [held]
+    pool.putconn(got[0])
+    pool.close()
+
+
+def test_a_broken_session_is_replaced_at_checkout(postgres: LocalPostgres) -> None:
+    pool = pool_of(postgres, 1)
+    with pool.connection(1) as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pool.connection(5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.info.backend_pid != pid
+    assert pool.get_stats()["connections_lost"] == 1
+    pool.close()
+
+
+def test_an_open_transaction_is_rolled_back_on_return(postgres: LocalPostgres) -> None:
+    pool = pool_of(postgres, 1)
+    with pool.connection(1) as conn:
+        conn.execute("SELECT 1")  # autocommit off: a transaction is open
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with pool.connection(1) as again:
+        assert again is conn
+    pool.close()
+
+
+def test_a_failed_login_says_why_at_once(postgres: LocalPostgres) -> None:
+    dsn = postgres.dsn(user="no_such_role")
+    pool: SessionPool[Any] = SessionPool(lambda: psycopg.connect(dsn), max_size=1)
+    with pytest.raises(PoolConnectFailed, match="no_such_role"):
+        pool.getconn(5)
+    stats = pool.get_stats()
+    assert stats["connections_errors"] == 1 and stats["pool_size"] == 0  # the place is free
+
+
+def test_idle_sessions_beyond_one_age_out(postgres: LocalPostgres) -> None:
+    now = [0.0]
+    pool = pool_of(postgres, 2, max_idle=60, clock=lambda: now[0])
+    with pool.connection(1), pool.connection(1):
+        pass
+    assert pool.get_stats()["pool_available"] == 2
+    now[0] = 61
+    with pool.connection(1):
+        # The older idle session was closed; the latest is the one in use.
+        assert pool.get_stats()["pool_size"] == 1
+    assert wait_for(lambda: sessions(postgres) == 1, timeout=10)
+    pool.close()
+
+
+def test_a_place_for_a_session_of_ones_own_stays_within_the_cap(postgres: LocalPostgres) -> None:
+    pool = pool_of(postgres, 1)
+    with pool.connection(1):
+        pass  # one idle session
+    with pool.place(1) as had:
+        assert had
+        assert pool.get_stats()["pool_available"] == 0  # the idle session made room
+        assert wait_for(lambda: sessions(postgres) == 0, timeout=10)
+        with pytest.raises(PoolTimeout):
+            pool.getconn(0.1)  # the place is lent out
+    with pool.connection(1):
+        pass  # and back
+    with pool.connection(1), pool.place(0.1) as had:
+        assert not had  # every place in use
+    pool.close()
+
+
+def test_a_closed_pool_refuses_and_closes_what_comes_back(postgres: LocalPostgres) -> None:
+    pool = pool_of(postgres, 1)
+    conn = pool.getconn(1)
+    pool.close()
+    with pytest.raises(PoolClosed):
+        pool.getconn(1)
+    pool.putconn(conn)
+    assert conn.closed
