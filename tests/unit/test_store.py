@@ -49,27 +49,21 @@ def gauge(name: str, target: str, val: float) -> GaugeMetricFamily:
     return family
 
 
-COLLECTOR = Collector(
-    name="demo",
-    builtin=False,
-    spec=CollectorSpec.model_validate(
-        {
-            "help": "test",
-            "queries": [
-                {
-                    "sql": "SELECT",
-                    "metrics": {
-                        "datname": "label",
-                        "size": {"usage": "gauge", "name": "size_bytes", "unit": "bytes"},
-                        "calls": "counter",
-                        "time": {"usage": "counter", "name": "time_seconds", "scale": 0.001},
-                        "reset": {"usage": "gauge", "name": "reset_timestamp_seconds"},
-                        "note": "ignore",
-                    },
-                }
-            ],
-        }
-    ),
+def demo_collector(metrics: dict[str, object]) -> Collector:
+    """A custom collector `demo` of one query with this column mapping."""
+    spec = {"help": "test", "queries": [{"sql": "SELECT", "metrics": metrics}]}
+    return Collector(name="demo", builtin=False, spec=CollectorSpec.model_validate(spec))
+
+
+COLLECTOR = demo_collector(
+    {
+        "datname": "label",
+        "size": {"usage": "gauge", "name": "size_bytes", "unit": "bytes"},
+        "calls": "counter",
+        "time": {"usage": "counter", "name": "time_seconds", "scale": 0.001},
+        "reset": {"usage": "gauge", "name": "reset_timestamp_seconds"},
+        "note": "ignore",
+    }
 )
 QUERY = COLLECTOR.spec.queries[0]
 
@@ -111,25 +105,13 @@ def test_duplicate_label_sets_are_an_error_not_a_broken_scrape() -> None:
 
 def test_a_narrowed_metric_given_one_label_set_twice_is_an_error() -> None:
     # Rows unique as a whole, but `total` carries datname only: two samples of one series.
-    narrowed = Collector(
-        name="demo",
-        builtin=False,
-        spec=CollectorSpec.model_validate(
-            {
-                "help": "test",
-                "queries": [
-                    {
-                        "sql": "SELECT",
-                        "metrics": {
-                            "datname": "label",
-                            "relname": "label",
-                            "size": {"usage": "gauge"},
-                            "total": {"usage": "gauge", "labels": ["datname"]},
-                        },
-                    }
-                ],
-            }
-        ),
+    narrowed = demo_collector(
+        {
+            "datname": "label",
+            "relname": "label",
+            "size": {"usage": "gauge"},
+            "total": {"usage": "gauge", "labels": ["datname"]},
+        }
     )
     query = narrowed.spec.queries[0]
     columns = ["datname", "relname", "size", "total"]
