@@ -67,6 +67,7 @@ class SessionPool(Generic[_Conn]):
         max_idle: float = 600.0,
         max_lifetime: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,  # for sessions' ages only
+        on_free: Callable[[], None] = lambda: None,
     ) -> None:
         self._connect = connect
         self._check = check
@@ -74,6 +75,9 @@ class SessionPool(Generic[_Conn]):
         # Closes a session whose place is then free: the caller may wait for the server's
         # process to end, so that the next session opened in the place stays within the cap.
         self._close = close
+        # Told (under the pool's lock) whenever a session or a place may have come free: for
+        # a caller that waits for this pool or something else, whichever frees first.
+        self._on_free = on_free
         self._max_size = max_size
         self._max_idle = max_idle
         self._max_lifetime = max_lifetime
@@ -110,11 +114,25 @@ class SessionPool(Generic[_Conn]):
 
     def getconn(self, timeout: float) -> _Conn:
         """A checked session within `timeout` seconds of waiting for a free place."""
-        deadline = time.monotonic() + timeout
         with self._cond:
             self._stats["requests_num"] += 1
+        return self._checkout(time.monotonic() + timeout, count=True)
+
+    def getconn_now(self) -> _Conn | None:
+        """A checked session if one is idle or a place is free at once; else None, with no
+        wait and no failed request counted. The test and the taking are one step, so of two
+        callers at once only one can have the last place."""
+        try:
+            conn = self._checkout(time.monotonic(), count=False)
+        except PoolTimeout:
+            return None
+        with self._cond:
+            self._stats["requests_num"] += 1
+        return conn
+
+    def _checkout(self, deadline: float, *, count: bool) -> _Conn:
         while True:
-            idle = self._take_idle_or_place(deadline)
+            idle = self._take_idle_or_place(deadline, count=count)
             if idle is None:
                 return self._open()
             try:
@@ -145,7 +163,7 @@ class SessionPool(Generic[_Conn]):
                 self._born.pop(id(conn), None)
             else:
                 self._idle.append((conn, self._clock()))
-                self._cond.notify()
+                self._freed()
                 return
         conn.close()
 
@@ -169,7 +187,7 @@ class SessionPool(Generic[_Conn]):
         finally:
             with self._cond:
                 self._size -= 1
-                self._cond.notify()
+                self._freed()
 
     # -- stats and lifecycle -------------------------------------------------------------
 
@@ -192,11 +210,19 @@ class SessionPool(Generic[_Conn]):
             self._closed = True
             idle, self._idle = self._idle, []
             self._size -= len(idle)
-            self._cond.notify_all()
+            self._freed(every=True)
         for conn, _ in idle:
             conn.close()
 
     # -- the pool's state, under its lock --------------------------------------------------
+
+    def _freed(self, *, every: bool = False) -> None:
+        """A session or a place may be had now (or the pool closed): wake a waiter, or all."""
+        if every:
+            self._cond.notify_all()
+        else:
+            self._cond.notify()
+        self._on_free()
 
     def _take_idle_or_place(self, deadline: float, *, count: bool = True) -> _Conn | None:
         """An idle session, or None with a place taken for a new one; waits until
@@ -236,7 +262,7 @@ class SessionPool(Generic[_Conn]):
             self._close(conn)
         with self._cond:
             self._size -= len(gone)
-            self._cond.notify_all()
+            self._freed(every=True)
 
     def _expire(self) -> list[_Conn]:
         """Under the lock: idle sessions past their time, taken out but still counted."""
@@ -266,7 +292,7 @@ class SessionPool(Generic[_Conn]):
                 self._size -= 1
                 self._stats["connections_errors"] += 1
                 self._stats["requests_errors"] += 1
-                self._cond.notify()
+                self._freed()
             if isinstance(exc, psycopg.Error):
                 raise PoolConnectFailed(str(exc).strip().splitlines()[0]) from exc
             raise
@@ -291,4 +317,4 @@ class SessionPool(Generic[_Conn]):
             self._size -= 1
             self._born.pop(id(conn), None)
             self._stats["connections_lost"] += lost
-            self._cond.notify()
+            self._freed()

@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
@@ -181,6 +181,35 @@ class BoundedConnection(psycopg.Connection[Any]):
             pass  # already closed
 
 
+class _Freed:
+    """A count of the times a pooled session, a pool's place or the visiting slot may have
+    come free: a first run waits for whichever comes first (see TargetConnections._pooled).
+    The count is read before trying both, so a release in between is never missed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+        self.waiting = 0
+
+    def tell(self) -> None:
+        with self._cond:
+            self._count += 1
+            self._cond.notify_all()
+
+    def seen(self) -> int:
+        with self._cond:
+            return self._count
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Until something was freed after `seen` was read, or `timeout` seconds."""
+        with self._cond:
+            self.waiting += 1
+            try:
+                self._cond.wait_for(lambda: self._count != seen, timeout)
+            finally:
+                self.waiting -= 1
+
+
 class _VisitSlot:
     """The one connection slot for visits, which the probe may claim ahead of visitors.
 
@@ -188,7 +217,8 @@ class _VisitSlot:
     probe waiting for it could lose every race to the next visit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_release: Callable[[], None] = lambda: None) -> None:
+        self._on_release = on_release
         self._cond = threading.Condition()
         self._held = False
         self._probes_waiting = 0
@@ -238,6 +268,7 @@ class _VisitSlot:
         with self._cond:
             self._held = False
             self._cond.notify_all()
+        self._on_release()
 
 
 class TargetConnections:
@@ -245,7 +276,8 @@ class TargetConnections:
         self._target = target
         self._kwargs = session_options(target)
         pool_size = target.max_connections - 1  # config guarantees at least 2
-        self._visits = _VisitSlot()
+        self._freed = _Freed()
+        self._visits = _VisitSlot(on_release=self._freed.tell)
         self._lock = threading.Lock()
         self._closing = False
         self._used: set[BoundedConnection] = set()  # sessions jobs hold now: close() cuts them
@@ -260,6 +292,7 @@ class TargetConnections:
             check=self._check,
             reset=self._between_uses,
             close=_close_and_wait,
+            on_free=self._freed.tell,
         )
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
@@ -338,25 +371,24 @@ class TargetConnections:
         `wait_seconds` bounds the wait for a free connection: a job may queue behind another
         job's query, but not forever. With `spare` (a collector's first run, at start), a
         session on the own database takes the visiting slot instead of queueing when no pooled
-        connection is idle and no visit or probe holds the slot: two collectors of the own
+        connection is idle and no visit holds the slot (see _pooled): two collectors of the own
         database then run at once, still within max_connections.
         """
         # A statement gets its own timeout (at most wait_seconds) to answer, and the grace.
         reply_limit = wait_seconds + self._target.connect_timeout + REPLY_GRACE_SECONDS
         self._check_open()
-        if database is None and not (spare and self._visit_slot_spare()):
-            try:
-                with self._pool.connection(timeout=wait_seconds) as conn, self._in_use(conn):
-                    conn.reply_limit = reply_limit
-                    yield conn
-            except PoolTimeout:
-                raise self._explain_failure(wait_seconds) from None
-            except PoolClosed:
-                raise ConnectFailed(STOPPING) from None
-            except PoolConnectFailed as exc:
-                raise ConnectFailed(str(exc)) from None
-            return
-        if database is not None and not self._visits.acquire(wait_seconds):
+        if database is None:
+            pooled = self._pooled(wait_seconds, spare=spare)
+            if pooled is not None:
+                try:
+                    with self._in_use(pooled):
+                        pooled.reply_limit = reply_limit
+                        yield pooled
+                finally:
+                    self._pool.putconn(pooled)
+                return
+            # (None: a first run has the visiting slot instead, for a session of its own.)
+        elif not self._visits.acquire(wait_seconds):
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
         try:
             try:
@@ -372,12 +404,44 @@ class TargetConnections:
         finally:
             self._visits.release()
 
-    def _visit_slot_spare(self) -> bool:
-        """Whether the visiting slot was free and is now taken for a session on the own
-        database, because the pool has no idle session and no room for another."""
-        stats = self._pool.get_stats()
-        full = stats["pool_available"] == 0 and stats["pool_size"] >= stats["pool_max"]
-        return full and self._visits.acquire(0)
+    def _pooled(self, wait_seconds: float, *, spare: bool) -> BoundedConnection | None:
+        """A pooled session within `wait_seconds`. With `spare`, whichever comes first: a
+        pooled session, or the visiting slot (then None, the slot taken).
+
+        Each is tried and taken in one step, never judged from counters first: at start
+        every collector's first run asks at once, and two slow ones must not both wait for
+        the pool while the slot comes free.
+        """
+        try:
+            if spare:
+                return self._session_or_slot(time.monotonic() + wait_seconds)
+            return self._pool.getconn(wait_seconds)
+        except PoolTimeout:
+            raise self._explain_failure(wait_seconds) from None
+        except PoolClosed:
+            raise ConnectFailed(STOPPING) from None
+        except PoolConnectFailed as exc:
+            raise ConnectFailed(str(exc)) from None
+
+    @property
+    def waiting_for_either(self) -> int:
+        """First runs waiting now for a pooled session or the visiting slot."""
+        return self._freed.waiting
+
+    def _session_or_slot(self, deadline: float) -> BoundedConnection | None:
+        """A pooled session, or None with the visiting slot taken, as soon as either is free
+        (a probe waiting for the slot goes first); PoolTimeout at the deadline."""
+        while True:
+            seen = self._freed.seen()
+            conn = self._pool.getconn_now()
+            if conn is not None:
+                return conn
+            if self._visits.acquire(0):
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PoolTimeout("neither a pooled session nor the visiting slot came free")
+            self._freed.wait(seen, left)
 
     @contextmanager
     def fresh_session(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:

@@ -1,4 +1,5 @@
-"""The connection pool without threads (exporter/targets/pool.py), on a real server."""
+"""The connection pool without threads (exporter/targets/pool.py) and a target's use of it, on
+a real server."""
 
 import threading
 from typing import Any
@@ -8,7 +9,8 @@ import pytest
 
 from exporter.demo.embedded import LocalPostgres
 from exporter.targets.pool import PoolClosed, PoolConnectFailed, PoolTimeout, SessionPool
-from support import wait_for
+from exporter.targets.sessions import TargetConnections
+from support import exporter_config, wait_for
 
 pytestmark = pytest.mark.any_major
 
@@ -138,3 +140,54 @@ def test_a_closed_pool_refuses_and_closes_what_comes_back(postgres: LocalPostgre
         pool.getconn(1)
     pool.putconn(conn)
     assert conn.closed
+
+
+def test_the_last_place_goes_to_one_caller_at_once(postgres: LocalPostgres) -> None:
+    """getconn_now tests for room and takes it in one step: of callers that ask together,
+    one has the place and the others hear None at once (no wait, no error counted)."""
+    freed: list[int] = []
+    pool = pool_of(postgres, 1, on_free=lambda: freed.append(1))
+    start = threading.Barrier(4)
+    got: list[Any] = []
+
+    def ask() -> None:
+        start.wait(10)
+        got.append(pool.getconn_now())
+
+    askers = [threading.Thread(target=ask) for _ in range(4)]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join(10)
+    sessions_had = [conn for conn in got if conn is not None]
+    assert len(got) == 4 and len(sessions_had) == 1, got
+    assert pool.get_stats()["requests_errors"] == 0
+    pool.putconn(sessions_had[0])
+    assert freed  # a caller waiting on something else as well hears of the return
+    pool.close()
+
+
+def test_a_first_run_takes_whichever_frees_first(postgres: LocalPostgres) -> None:
+    """A collector's first run on the own database waits for a pooled session or the
+    visiting slot, whichever comes free first: here the slot, while the pool's one session
+    stays in use."""
+    target = exporter_config(postgres.dsn()).targets[0]
+    assert target.max_connections == 2  # one pooled session and the visiting slot
+    connections = TargetConnections(target)
+    had: list[int] = []
+
+    def first_run() -> None:
+        with connections.connection(wait_seconds=10, spare=True) as conn:
+            had.append(conn.info.backend_pid)
+
+    runner = threading.Thread(target=first_run)
+    try:
+        with connections.connection(wait_seconds=5) as pooled:
+            with connections.connection("postgres", wait_seconds=5):
+                runner.start()
+                assert wait_for(lambda: connections.waiting_for_either == 1, timeout=10)
+            runner.join(10)  # the visit ended; the pooled session is still in use
+            assert had and had[0] != pooled.info.backend_pid, had
+    finally:
+        connections.close()
+        runner.join(10)
