@@ -11,6 +11,9 @@ percent of one core, 300 ms a minute), the collectors share it:
   collector that would use less keeps its interval and leaves the rest to the others, and one
   that would use more runs less often, just enough to fit its share.
 
+A run that skips a query of a slower cadence of its own (the sizes of every relation, every
+10 minutes) is still charged its share of that query (collection.run.Ran.priced_seconds).
+
 So cheap collectors are never slowed, and the expensive ones (per-table statistics, bloat,
 index health on a large schema) are stretched only as far as the budget needs.
 """

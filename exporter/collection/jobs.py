@@ -121,6 +121,7 @@ class CollectorJob:
     # The scheduler's budget: it may stretch the interval after an expensive run.
     on_cost: CostListener | None = None
     _busy: float = 0.0  # this run's database time so far
+    _priced: float = 0.0  # ... and as the budget counts it (see Ran.priced_seconds)
     skipped: int = 0  # runs the scheduler skipped (counted on its thread; see Scheduler)
     behind: bool = False  # warned that it cannot keep its interval, and not back on time since
     _on_time_runs: int = 0  # in a row
@@ -142,7 +143,7 @@ class CollectorJob:
         self._on_time_runs = self._on_time_runs + 1 if late == 0.0 else 0
         if self._on_time_runs >= ON_TIME_STREAK:
             self.behind = False
-        self._busy = 0.0
+        self._busy = self._priced = 0.0
         outcome = self._outcome()
         if self.target.closing:
             return  # abandoned (stopping, or the target was removed): its sessions were cut
@@ -150,7 +151,7 @@ class CollectorJob:
         ok = outcome.state == State.OK
         interval = self.collector.spec.interval
         if self.on_cost is not None:
-            interval = self.on_cost(self, self._busy)
+            interval = self.on_cost(self, self._priced)
         self.status = CollectorStatus(
             state=outcome.state,
             last_success=time.time() if ok else previous.last_success,
@@ -252,6 +253,7 @@ class CollectorJob:
             finally:
                 conn.row_factory = tuple_row  # a pooled session goes on to other collectors
             self._busy += ran.busy_seconds
+            self._priced += ran.priced_seconds
             return tuple(ran.families)
 
     def _visit_databases(self, facts: ServerFacts) -> tuple[RenderedFamily, ...]:

@@ -71,6 +71,10 @@ class Ran:
 
     families: list[RenderedFamily]
     busy_seconds: float
+    # What the run costs on average, for the database-time budget: busy_seconds, but with a
+    # query of a slower cadence of its own counted at its share of every run (see
+    # QueryMemory.costs), so that the runs that skip it do not look like the collector's cost.
+    priced_seconds: float
 
 
 @dataclass
@@ -81,6 +85,15 @@ class QueryMemory:
     chosen: dict[str, frozenset[RowKey]] = field(default_factory=dict)
     # Queries with an interval of their own: when each last ran, and what it published.
     results: dict[str, tuple[float, list[RenderedFamily]]] = field(default_factory=dict)
+    # ... and what each cost when it last ran. A run is charged a share of it, the time since
+    # the run before over the query's interval (at most all of it): a collector every minute
+    # with a 10-minute query pays a tenth of it each run, which the ten runs add up to.
+    costs: dict[str, float] = field(default_factory=dict)
+    last_run: float | None = None  # monotonic: when the previous run started
+
+    def share(self, query: str, interval: float, since_last: float | None) -> float:
+        cost = self.costs.get(query, 0.0)
+        return cost if since_last is None else cost * min(1.0, since_last / interval)
 
 
 def run(
@@ -104,7 +117,10 @@ def run(
     postgres = spec.target_type == "postgres"
     # The time of the catalogue's statements; BEGIN, SET LOCAL and COMMIT cost the server next
     # to nothing, and on a busy client their round trips would be mostly the client's own delay.
-    busy = 0.0
+    busy = priced = 0.0
+    started = time.monotonic()
+    since_last = None if memory.last_run is None else started - memory.last_run
+    memory.last_run = started
     # PgBouncer's console has neither transactions nor settings; its SHOWs answer from memory.
     with conn.transaction() if postgres else contextlib.nullcontext():
         if postgres:
@@ -114,6 +130,7 @@ def run(
             now = time.monotonic()
             if query.interval is not None and last is not None and now - last[0] < query.interval:
                 families.extend(last[1])  # not due: its figure cannot have changed much
+                priced += memory.share(query.name, query.interval, since_last)
                 continue
             # The SQL is the catalogue's own text, not built from input: run it as written,
             # with the collector's params (if any) bound by the driver.
@@ -126,7 +143,13 @@ def run(
             cursor = conn.execute(text, params) if params else conn.execute(text)
             # The server's part ends here: libpq has every row; turning them into Python
             # objects below is the exporter's own time.
-            busy += time.monotonic() - now
+            cost = time.monotonic() - now
+            busy += cost
+            if query.interval is None:
+                priced += cost
+            else:
+                memory.costs[query.name] = cost
+                priced += memory.share(query.name, query.interval, since_last)
             aliases = query.aliases  # a column another version names differently
             columns = [aliases.get(c.name, c.name) for c in cursor.description or ()]
             rows = cursor.fetchall()
@@ -146,7 +169,7 @@ def run(
             if query.interval is not None:
                 memory.results[query.name] = (now, published)
             families.extend(published)
-    return Ran(families, busy)
+    return Ran(families, busy, priced)
 
 
 def to_families(

@@ -9,8 +9,12 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.catalogue import builtin_specs
-from exporter.config import Config
+from exporter.collection.jobs import CollectorJob, ProbeJob
+from exporter.config import Config, parse_config
 from exporter.demo.embedded import LocalPostgres
+from exporter.exposition.selfmetrics import self_metrics
+from exporter.exposition.store import Store
+from exporter.targets.registry import TargetRegistry
 from support import exporter_config, fresh_database, scrape, value, wait_for
 
 ROLE = "budget_watcher"
@@ -96,3 +100,53 @@ def test_a_tiny_budget_stretches_the_expensive_collectors_only(
     samples = scrape(port)
     assert value(samples, "pg_exporter_collector_up", collector="tables") == 1
     assert value(samples, "pg_tables_all_tables", datname=busy_database) == TABLES
+
+
+def test_a_query_of_its_own_slower_cadence_is_priced_at_its_share_of_every_run(
+    postgres: LocalPostgres,
+) -> None:
+    """A collector's runs that skip its slower query (`tables`' sizes every 10 minutes) are
+    charged their share of it: otherwise the budget would see only the cheap runs, and give
+    the other collectors the time that query takes."""
+    paced = {
+        "help": "A cheap query every run, a slow one every 2 s.",
+        "interval": "1s",
+        "timeout": "1s",
+        "queries": [
+            {"name": "cheap", "sql": "SELECT 1 AS cheap", "metrics": {"cheap": "gauge"}},
+            {
+                "name": "slow",
+                "interval": "2s",
+                "sql": "SELECT 1 AS slow FROM pg_sleep(0.2)",
+                "metrics": {"slow": "gauge"},
+            },
+        ],
+    }
+    config = parse_config(
+        {"targets": [{"name": "pg", "dsn": postgres.dsn()}], "collectors": {"paced": paced}}
+    )
+    collector = next(c for c in config.catalogue if c.name == "paced")
+    registry = TargetRegistry()
+    priced: list[float] = []
+
+    def on_cost(job: CollectorJob, seconds: float) -> float:
+        priced.append(seconds)
+        return 1.0
+
+    try:
+        target = registry.add(config.targets[0])
+        store = Store(self_metrics=self_metrics)
+        ProbeJob(target, store)()
+        job = CollectorJob(target, collector, store, max_age_intervals=3, on_cost=on_cost)
+        for _ in range(6):  # every 0.5 s or so: about a run in four runs the slow query
+            job()
+            threading.Event().wait(0.5)  # the runs' cadence itself, not a wait for state
+    finally:
+        registry.close()
+    slow_runs = job.status.database_seconds_total // 0.2
+    assert slow_runs >= 2, job.status  # the first run, and again after 2 s
+    assert priced[0] >= 0.2  # the first run: all of it (no cadence known yet)
+    # Each later run, whether the slow query ran in it or not: its share of the query's 2 s,
+    # the 0.5 s pause and the run before (at most 0.2 s more).
+    for seconds in priced[1:]:
+        assert 0.2 * 0.5 / 2 <= seconds <= 0.2 * 1.0 / 2, priced
