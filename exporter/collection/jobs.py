@@ -77,12 +77,55 @@ class ProbeJob:
                 gone, self._databases = self._databases - databases, databases
                 if gone:
                     self._store.drop_databases(target.name, gone)
-            self._store.publish_target(
-                target.name,
-                target.reach,
-                pool=target.connections.stats(),
-                budget=target.config.database_time_budget,
+            publish_reach(target, self._store)
+
+
+def publish_reach(target: Target, store: Store) -> None:
+    """The target's up state and its connections' counters (while publishing: see
+    Target.publishing)."""
+    store.publish_target(
+        target.name,
+        target.reach,
+        pool=target.connections.stats(),
+        budget=target.config.database_time_budget,
+    )
+
+
+def heartbeat_limit(target: Target, every: float) -> float:
+    """How long a heartbeat waits for its answer: a server that stops answering reads as down
+    within connect_timeout (the next heartbeat, `every` seconds at most, and its wait), the
+    time a new login would be given; a second at least."""
+    return max(1.0, target.config.connect_timeout - every)
+
+
+class HeartbeatJob:
+    """Between probes, a round trip on an idle pooled session of a target that is up.
+
+    The probe logs in anew every up_interval (15 s by default); a server that freezes
+    (SIGSTOP, a paused VM, a network that drops packets) just after one would read as up until
+    the next. The heartbeat finds it within connect_timeout, with no login and no statement.
+    It only ever marks the target down: only the probe's new login proves it is up.
+    """
+
+    def __init__(self, target: Target, store: Store, every: float) -> None:
+        self.target = target
+        self._store = store
+        self._limit = heartbeat_limit(target, every)
+
+    def __call__(self) -> None:
+        target = self.target
+        if not target.reach.up:
+            return  # down or not yet probed: the probe's to tell
+        with contextlib.suppress(ConnectFailed):  # stopping
+            if target.connections.heartbeat(self._limit) is not False:
+                return
+            target.mark_down(
+                f"no answer within {self._limit:g}s on an open session "
+                "(the server, or the network to it, stopped answering)"
             )
+            with target.publishing() as still_open:
+                if still_open:
+                    publish_reach(target, self._store)
 
 
 class _PartlyFailed(CollectorFailed):

@@ -22,7 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.catalogue import Collector
 from exporter.collection.budget import Budget
-from exporter.collection.jobs import CollectorJob, ProbeJob, jitter
+from exporter.collection.jobs import CollectorJob, HeartbeatJob, ProbeJob, jitter
 from exporter.collection.run import QueryMemory
 from exporter.exposition.store import Store
 from exporter.targets import Target
@@ -40,6 +40,9 @@ FIRST_RUN_SPACING_SECONDS = 0.001
 PROMPT_INTERVAL_SECONDS = 60.0
 # An interval the budget wants is applied when it differs from the scheduled one by more.
 RESCHEDULE_TOLERANCE = 0.1
+# Between probes, a target that is up gets a round trip on an idle session this often (see
+# HeartbeatJob), unless its probes already come at least every other such interval.
+HEARTBEAT_SECONDS = 1.0
 
 
 @dataclass
@@ -54,6 +57,10 @@ class _HeldBack:
 def _probe_id(target: str) -> str:
     # Not "<target>/up": a custom collector may be named `up`, and its job is "<target>/up".
     return f"{target}/(probe)"
+
+
+def _heartbeat_id(target: str) -> str:
+    return f"{target}/(heartbeat)"
 
 
 # A job handed to the pool: its future, the call, its target (None: no per-target share) and
@@ -271,6 +278,7 @@ class Scheduler:
             executor="probes",
             misfire_grace_time=max(1, int(self._up_interval)),
         )
+        self._schedule_heartbeat(target)
         runs = [c for c in self._collectors if c.spec.target_type == target.config.type]
         slower = sorted(
             (c for c in runs if c.spec.interval > self._up_interval), key=lambda c: c.spec.interval
@@ -295,6 +303,24 @@ class Scheduler:
             if collector.name in held:
                 start += later
             self._add_collector_job(target, collector, start)
+
+    def _schedule_heartbeat(self, target: Target) -> None:
+        """The target's heartbeat job, if it is a PostgreSQL server (PgBouncer's console has
+        no Sync to answer) and its probes are further apart than two heartbeats."""
+        job_id = _heartbeat_id(target.name)
+        wanted = target.config.type == "postgres" and self._up_interval > 2 * HEARTBEAT_SECONDS
+        scheduled = self._scheduler.get_job(job_id) is not None
+        if wanted and not scheduled:
+            self._scheduler.add_job(
+                HeartbeatJob(target, self._store, HEARTBEAT_SECONDS),
+                "interval",
+                seconds=HEARTBEAT_SECONDS,
+                id=job_id,
+                executor="probes",
+                misfire_grace_time=1,
+            )
+        elif scheduled and not wanted:
+            self._scheduler.remove_job(job_id)
 
     def _add_collector_job(
         self,
@@ -488,6 +514,8 @@ class Scheduler:
                 self._remove_job(f"{target.name}/{name}")
                 self._budgets[target.name].remove(name)
         self._up_interval = up_interval
+        for target in list(self._targets.values()):
+            self._schedule_heartbeat(target)  # probes may now come often enough, or not
         return set(old) - set(new)
 
     def _remove_job(self, job_id: str) -> CollectorJob | None:

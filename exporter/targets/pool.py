@@ -130,6 +130,14 @@ class SessionPool(Generic[_Conn]):
             self._stats["requests_num"] += 1
         return conn
 
+    def idle_now(self) -> _Conn | None:
+        """The most recently used idle session, taken out unchecked (for a caller whose use
+        is the check), or None: never a wait, never a new session. Return it with putconn."""
+        with self._cond:
+            if self._closed or not self._idle:
+                return None
+            return self._idle.pop()[0]
+
     def _checkout(self, deadline: float, *, count: bool) -> _Conn:
         while True:
             idle = self._take_idle_or_place(deadline, count=count)

@@ -143,7 +143,7 @@ class BoundedConnection(psycopg.Connection[Any]):
     """
 
     reply_limit: float = 30.0  # seconds; set per use by TargetConnections.connection()
-    _severed: bool = False
+    severed: bool = False  # cut for want of an answer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -161,7 +161,7 @@ class BoundedConnection(psycopg.Connection[Any]):
         try:
             return super().wait(gen, *args, **kwargs)
         except psycopg.OperationalError:
-            if self._severed:
+            if self.severed:
                 raise psycopg.OperationalError(
                     f"the server did not answer within {limit:g}s: session closed"
                 ) from None
@@ -171,7 +171,7 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     def sever(self) -> None:
         """End the session now: whatever waits on it fails at once (any thread may call it)."""
-        self._severed = True
+        self.severed = True
         try:
             # A duplicate of libpq's descriptor: shutting it down ends the connection for
             # both, and closing the duplicate leaves libpq's own descriptor for libpq to close.
@@ -442,6 +442,36 @@ class TargetConnections:
             if left <= 0:
                 raise PoolTimeout("neither a pooled session nor the visiting slot came free")
             self._freed.wait(seen, left)
+
+    def heartbeat(self, seconds: float) -> bool | None:
+        """Whether the server answers a round trip on an idle pooled session within
+        `seconds`: False when it did not (the session is cut). None when there was nothing to
+        learn that way: no session idle (a new login is the probe's to make), or the session
+        failed otherwise (ended by the server or an administrator: the probe will tell).
+
+        The round trip is a protocol Sync (an empty pipeline), which the server answers
+        without running a statement: nothing for log_statement or pg_stat_statements.
+        """
+        self._check_open()
+        conn = self._pool.idle_now()
+        if conn is None:
+            return None
+        try:
+            with self._in_use(conn):
+                conn.reply_limit = seconds
+                try:
+                    if psycopg.Pipeline.is_supported():
+                        with conn.pipeline():
+                            pass  # entering and leaving is the Sync's round trip
+                    else:  # a libpq before 14: an empty statement instead
+                        check_connection(conn)
+                except psycopg.Error:
+                    if not conn.closed:
+                        conn.close()
+                    return False if conn.severed else None
+                return True
+        finally:
+            self._pool.putconn(conn)
 
     @contextmanager
     def fresh_session(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:

@@ -1,8 +1,9 @@
 """A frozen server: TCP still accepts and acknowledges, nothing answers.
 
 pg_up must go to 0 within one probe interval plus connect_timeout, with one log line naming
-the cause, however the pool's sessions and the visiting slot are stuck meanwhile; and SIGTERM
-must end the daemon within 5 s, opening no session after it.
+the cause, however the pool's sessions and the visiting slot are stuck meanwhile, and within
+connect_timeout when the pooled session was idle (the heartbeat); and SIGTERM must end the
+daemon within 5 s, opening no session after it.
 """
 
 import logging
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from exporter.collection.scheduler import HEARTBEAT_SECONDS
 from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
 from support import RunExporter, exporter_config, parse_exposition, scrape, value, wait_for
@@ -135,3 +137,35 @@ def test_sigterm_while_frozen_stops_within_5s_and_visits_nothing_more(
             # A connect under way when the signal came may land just after it; none later.
             late = [round(t - signalled, 2) for t in proxy.accepted if t > signalled + 0.25]
             assert not late, f"connections opened after SIGTERM, at +{late} s"
+
+
+def test_a_server_frozen_between_probes_reads_as_down_within_connect_timeout(
+    private_postgres: LocalPostgres, run_exporter: RunExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With probes 30 s apart, the heartbeat on the idle pooled session finds the freeze
+    within connect_timeout, and its round trips open no session of their own."""
+    caplog.set_level(logging.INFO)
+    exporter = run_exporter(exporter_config(private_postgres.dsn(), interval="30s"))
+    port = exporter.server.port
+
+    def sessions() -> set[tuple[object, ...]]:
+        with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity"
+                " WHERE application_name = 'pg-health-exporter'"
+            ).fetchall()
+        return set(rows)
+
+    wait_for(lambda: collecting(port), what="first collection")
+    before = sessions()
+    # Several heartbeats' time, well before the next probe or collection (30 s).
+    threading.Event().wait(3 * HEARTBEAT_SECONDS)  # an observation window, not a wait for state
+    assert sessions() == before  # each on the pooled session: no login
+
+    with frozen(private_postgres):
+        frozen_at = time.monotonic()
+        wait_for(lambda: pg_up(port) == 0, timeout=30, what="pg_up 0 while frozen")
+        took = time.monotonic() - frozen_at
+    assert took <= CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
+    down = [r for r in caplog.records if r.getMessage() == "target is down"]
+    assert len(down) == 1 and "on an open session" in down[0].__dict__["error"], down
