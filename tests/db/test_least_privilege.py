@@ -244,9 +244,9 @@ def _ours(key: Key) -> bool:
     )
 
 
-# A database's size counts its relation cache file (pg_internal.init, 160,944 bytes on PG 18), which a catalog
-# change removes and the next session to start writes again: a read in between is that much
-# smaller (seen once: 11,854,351 bytes between two reads of 12,015,295).
+# A database's size counts its relation cache file (pg_internal.init, 160,944 bytes on PG 18),
+# which a catalog change removes and the next session to start writes again: a read in between
+# is that much smaller (seen once: 11,854,351 bytes between two reads of 12,015,295).
 SIZE_SLACK_BYTES = {"pg_database_size_bytes": 512 * 1024}
 
 
