@@ -93,9 +93,10 @@ def publish_reach(target: Target, store: Store) -> None:
 
 def heartbeat_limit(target: Target, every: float) -> float:
     """How long a heartbeat waits for its answer: a server that stops answering reads as down
-    within connect_timeout (the next heartbeat, `every` seconds at most, and its wait), the
-    time a new login would be given; a second at least."""
-    return max(1.0, target.config.connect_timeout - every)
+    within connect_timeout, the time a new login would be given (the next heartbeat comes
+    within `every` seconds, its wait, and another `every` for a worker, the publish and the
+    scrape); a second at least."""
+    return max(1.0, target.config.connect_timeout - 2 * every)
 
 
 class HeartbeatJob:
