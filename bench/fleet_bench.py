@@ -10,6 +10,8 @@ exporter runs as users run it (`python -m exporter --config ...`). For each setu
   every cluster, less the benchmark's own), the exporter's CPU per minute, database time per
   minute per target (pg_exporter_collector_database_seconds_total), `/metrics` p50 with gzip
   (one scrape a second), and at its end VmRSS, VmHWM, threads and the sessions held;
+- the 100 clusters once more with `max_connections_total: 50`: what targets beyond the
+  process's cap of sessions cost (each logs in per run);
 - with 50 clusters, one is frozen (SIGSTOP, as tests/support/freeze.py does): how long until its
   `pg_up` is 0, and how old the other targets' 15 s collectors' data got meanwhile.
 
@@ -63,10 +65,12 @@ class Plan:
     freeze_at: int  # clusters: freeze one at this size (0: never)
     freeze_seconds: float
     first_timeout: float
+    # The largest fleet again under a process-wide cap of this many sessions, below its size.
+    capped: int
 
 
-FULL = Plan((1, 10, 50, 100), (10, 100, 500, 1000), 60.0, 50, 30.0, 600.0)
-QUICK = Plan((1, 3), (5,), 5.0, 3, 10.0, 180.0)
+FULL = Plan((1, 10, 50, 100), (10, 100, 500, 1000), 60.0, 50, 30.0, 600.0, 50)
+QUICK = Plan((1, 3), (5,), 5.0, 3, 10.0, 180.0, 0)
 
 
 @dataclass
@@ -162,8 +166,8 @@ def scrape_gzip(port: int) -> tuple[float, str]:
 # -- one setup ------------------------------------------------------------------------------------
 
 
-def config(targets: dict[str, str]) -> dict[str, Any]:
-    return {"targets": [{"name": name, "dsn": dsn} for name, dsn in targets.items()]}
+def config(targets: dict[str, str], **settings: Any) -> dict[str, Any]:
+    return {"targets": [{"name": name, "dsn": dsn} for name, dsn in targets.items()], **settings}
 
 
 def measure(
@@ -175,10 +179,11 @@ def measure(
     plan: Plan,
     directory: Path,
     during: Callable[[ExporterProcess], None] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Result:
     wanted = postgres_collectors()
     started = time.monotonic()
-    exporter = ExporterProcess(config(targets), directory)
+    exporter = ExporterProcess(config(targets, **(settings or {})), directory)
     marks: dict[str, float] = {}
     try:
 
@@ -355,6 +360,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     plan=plan,
                     directory=directory,
                     during=during,
+                )
+            )
+        if plan.capped and plan.clusters:
+            size = plan.clusters[-1]
+            results.append(
+                measure(
+                    f"{size} clusters, max_connections_total {plan.capped}",
+                    servers[:size],
+                    {f"c{i:03d}": s.dsn() for i, s in enumerate(servers[:size])},
+                    databases=size,
+                    plan=plan,
+                    directory=directory,
+                    settings={"max_connections_total": plan.capped},
                 )
             )
         for server in servers[1:]:

@@ -11,10 +11,11 @@ from exporter.collection import Scheduler
 from exporter.config import Config, TargetConfig
 from exporter.errors import ConfigError
 from exporter.exposition.compat import derive_for
-from exporter.exposition.selfmetrics import self_metrics, worker_metrics
+from exporter.exposition.selfmetrics import connection_metrics, self_metrics, worker_metrics
 from exporter.exposition.store import Store
 from exporter.logs import add_secrets
 from exporter.targets import ServerFacts, TargetRegistry
+from exporter.targets.connection_cap import ConnectionCap
 from exporter.targets.probed import ProbedTargets
 from exporter.web.config import OPEN, WebSecurity
 from exporter.web.health import HealthPage
@@ -55,9 +56,13 @@ class Exporter:
         self.store = Store(
             self_metrics=self_metrics,
             derive=derive_for(config),
-            process_metrics=lambda: worker_metrics(self.scheduler.worker_stats()),
+            process_metrics=lambda: [
+                *worker_metrics(self.scheduler.worker_stats()),
+                *connection_metrics(self.registry.cap.stats()),
+            ],
         )
-        self.registry = TargetRegistry()
+        # Sized once, as the workers: a reload keeps the cap.
+        self.registry = TargetRegistry(ConnectionCap(config.max_connections_total))
         # One pool for every target, fixed: a target runs at most its connection cap of jobs
         # at once, so none can take the workers of the others. Threads start only as jobs
         # wait. Sized once: a reload keeps the pool.

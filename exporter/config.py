@@ -31,6 +31,8 @@ from exporter.errors import ConfigError, validation_problems
 from exporter.units import Budget, Duration, parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = ":9188"
+# Threads that probe targets (a login each), beside the `workers` that run collectors.
+PROBE_WORKERS = 4
 NO_TARGETS = "none given, and neither DATA_SOURCE_NAME nor DATA_SOURCE_URI is set"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -269,6 +271,8 @@ class Config(BaseModel):
     # Collector jobs run at once, for all targets together (each target at most its
     # max_connections of them).
     workers: int = Field(default=16, ge=2, le=256)
+    # Sessions open at once, for all targets together (targets/connection_cap.py).
+    max_connections_total: int = Field(default=200, ge=1)
     # `postgres_exporter`: also publish the Go exporter's names (docs/migrating-from-...md).
     compat: Literal["none", "postgres_exporter"] = "none"
     # Before `targets`: with /probe on, or targets in files, the config may name none.
@@ -292,6 +296,17 @@ class Config(BaseModel):
         if seconds < MIN_INTERVAL:
             raise ValueError(f"must be at least {MIN_INTERVAL:g}s")
         return seconds
+
+    @field_validator("max_connections_total")
+    @classmethod
+    def _room_for_every_job(cls, total: int, info: ValidationInfo) -> int:
+        least = info.data.get("workers", 16) + PROBE_WORKERS
+        if total < least:
+            raise ValueError(
+                f"must be at least workers + {PROBE_WORKERS} ({least}): each running job "
+                "and probe holds a session"
+            )
+        return total
 
     @field_validator("listen_address")
     @classmethod

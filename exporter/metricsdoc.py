@@ -7,7 +7,14 @@ import re
 import sys
 
 from exporter.catalogue import Branch, Collector, Query, Usage, builtin_specs
-from exporter.exposition.selfmetrics import POOL_STATS, WORKER_STATS, self_metrics, worker_metrics
+from exporter.exposition.selfmetrics import (
+    CONNECTION_STATS,
+    POOL_STATS,
+    WORKER_STATS,
+    connection_metrics,
+    self_metrics,
+    worker_metrics,
+)
 from exporter.status import CollectorStatus, Reachability, State, TargetStatus
 from exporter.units import format_duration
 
@@ -158,7 +165,12 @@ def _self_section() -> list[str]:
 def render_families_for_doc(example: dict[str, TargetStatus]) -> list[str]:
     rows = []
     pools = {"<pool>": {key: 0.0 for key in WORKER_STATS}}
-    for rendered in [*self_metrics(example), *worker_metrics(pools)]:
+    connections = dict.fromkeys(CONNECTION_STATS, 0)
+    for rendered in [
+        *self_metrics(example),
+        *worker_metrics(pools),
+        *connection_metrics(connections),
+    ]:
         header = rendered.header.decode().splitlines()
         help_text = header[0].split(" ", 3)[3] if len(header[0].split(" ", 3)) > 3 else ""
         kind = header[1].split(" ")[3]

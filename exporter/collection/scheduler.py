@@ -24,12 +24,12 @@ from exporter.catalogue import Collector
 from exporter.collection.budget import Budget
 from exporter.collection.jobs import CollectorJob, HeartbeatJob, ProbeJob, jitter
 from exporter.collection.run import QueryMemory
+from exporter.config import PROBE_WORKERS
 from exporter.exposition.store import Store
 from exporter.targets import Target
 
 log = logging.getLogger(__name__)
 
-PROBE_WORKERS = 4  # probes are mostly waits (a login, a few catalog reads): 100 targets in ~8 s
 # At start-up, the slower collectors' first runs follow the fast ones' this far apart: only to
 # keep their order (APScheduler runs jobs due at the same time in the order of their ids).
 FIRST_RUN_SPACING_SECONDS = 0.001
@@ -63,15 +63,21 @@ def _heartbeat_id(target: str) -> str:
     return f"{target}/(heartbeat)"
 
 
-# A job handed to the pool: its future, the call, its target (None: no per-target share) and
-# when it was queued (monotonic).
-_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], str | None, float]
+# A job handed to the pool: its future, the call, its target (None: no per-target share),
+# whether it goes ahead of the others, and when it was queued (monotonic).
+_Task = tuple[
+    "Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], str | None, bool, float
+]
 
 
-def _target_of(args: tuple[Any, ...]) -> str | None:
-    """The target of a job APScheduler submits (run_job(job, ...)): its id is target/collector."""
+def _job_id(args: tuple[Any, ...]) -> str | None:
+    """The id (target/collector) of a job APScheduler submits (run_job(job, ...))."""
     job_id = getattr(args[0], "id", None) if args else None
-    return job_id.rpartition("/")[0] or None if isinstance(job_id, str) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+def _target_of(job_id: str | None) -> str | None:
+    return job_id.rpartition("/")[0] or None if job_id is not None else None
 
 
 class _DaemonThreads:
@@ -84,14 +90,21 @@ class _DaemonThreads:
     (its connection cap: more would only wait for a connection), and its other due jobs wait in
     the queue without a worker. So a slow or frozen target holds no more workers than it has
     connections, and the pool does not have to grow with the targets to keep the others going.
+    Jobs for which `ahead(job id)` holds go before the others waiting (the fast collectors, at
+    start-up above all, when every target's first runs queue at once).
     """
 
     def __init__(
-        self, max_workers: int, name: str, share: Callable[[str], int] | None = None
+        self,
+        max_workers: int,
+        name: str,
+        share: Callable[[str], int] | None = None,
+        ahead: Callable[[str], bool] | None = None,
     ) -> None:
         self._max = max_workers
         self._name = name
         self._share = share
+        self._ahead = ahead
         self._lock = threading.Condition()
         self._queue: deque[_Task] = deque()
         self._by_target: dict[str, int] = {}  # jobs running, per target
@@ -109,8 +122,10 @@ class _DaemonThreads:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot run new jobs after shutdown")
-            target = _target_of(args) if self._share is not None else None
-            self._queue.append((future, fn, args, kwargs, target, time.monotonic()))
+            job_id = _job_id(args)
+            target = _target_of(job_id) if self._share is not None else None
+            ahead = self._ahead is not None and job_id is not None and self._ahead(job_id)
+            self._queue.append((future, fn, args, kwargs, target, ahead, time.monotonic()))
             if self._idle == 0 and self._threads < self._max and self._may_run(target):
                 self._threads += 1
                 name = f"{self._name}-{self._threads}"
@@ -126,12 +141,21 @@ class _DaemonThreads:
         return self._by_target.get(target, 0) < self._share(target)
 
     def _next(self) -> _Task | None:
-        """Under the lock: the first queued job whose target may run one more, taken out."""
+        """Under the lock: the first queued job whose target may run one more, of those that
+        go ahead if there is one, taken out."""
+        first = None
         for position, task in enumerate(self._queue):
             if self._may_run(task[4]):
-                del self._queue[position]
-                return task
-        return None
+                if task[5]:
+                    first = position
+                    break
+                if first is None:
+                    first = position
+        if first is None:
+            return None
+        task = self._queue[first]
+        del self._queue[first]
+        return task
 
     def _work(self) -> None:
         while True:
@@ -144,7 +168,7 @@ class _DaemonThreads:
                 if task is None:  # closed
                     self._threads -= 1
                     return
-                future, fn, args, kwargs, target, queued_at = task
+                future, fn, args, kwargs, target, _, queued_at = task
                 self._running += 1
                 if target is not None:
                     self._by_target[target] = self._by_target.get(target, 0) + 1
@@ -231,7 +255,9 @@ class Scheduler:
         self._up_interval = up_interval
         self._max_age_intervals = max_age_intervals
         self._threads = {
-            "default": _DaemonThreads(max_workers, "job", share=self._connection_cap),
+            "default": _DaemonThreads(
+                max_workers, "job", share=self._connection_cap, ahead=self._is_fast
+            ),
             # Probes get threads of their own: collectors queueing for a busy connection must
             # never keep pg_up from being measured.
             "probes": _DaemonThreads(PROBE_WORKERS, "probe"),
@@ -246,6 +272,13 @@ class Scheduler:
         """The most jobs of `target` that run at once: one per connection it may hold."""
         found = self._targets.get(target)
         return found.config.max_connections if found is not None else 1
+
+    def _is_fast(self, job_id: str) -> bool:
+        """Whether the job is a collector of the probes' interval or shorter (pg_up's
+        companions: connections, database counters), which go ahead of the others."""
+        with self._lock:
+            interval = self._intervals.get(job_id)
+        return interval is not None and interval <= self._up_interval
 
     @property
     def collectors(self) -> list[Collector]:

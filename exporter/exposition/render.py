@@ -59,10 +59,10 @@ def escape_label_value(value: str) -> str:
 
 
 def label_set(names: Sequence[str], values: Sequence[str]) -> str:
-    """`{a="1",b="2"}`, in the order given (prometheus_client sorts by name: callers do too);
-    names are validated when the config loads and written as they are."""
+    """`{a="1",b="2"}` (nothing for no labels), in the order given (prometheus_client sorts
+    by name: callers do too); names are validated when the config loads and written as they are."""
     pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
-    return "{" + pairs + "}"
+    return "{" + pairs + "}" if pairs else ""
 
 
 _CHUNK_LINES = 512

@@ -137,6 +137,36 @@ def worker_metrics(pools: dict[str, dict[str, float]]) -> list[RenderedFamily]:
     return families
 
 
+CONNECTION_STATS: dict[str, tuple[str, str, str]] = {
+    "max": (
+        "pg_exporter_connections_max",
+        "gauge",
+        "Sessions the process may hold at once, all targets together (max_connections_total).",
+    ),
+    "open": (
+        "pg_exporter_connections_open",
+        "gauge",
+        "Sessions the process holds now (open or being opened), all targets together.",
+    ),
+    "closed_for_room": (
+        "pg_exporter_connections_closed_for_room_total",
+        "counter",
+        "Idle sessions closed to keep within max_connections_total (the least recently used "
+        "first); rising steadily: more targets than the cap, each logging in per run.",
+    ),
+}
+
+
+def connection_metrics(stats: dict[str, int]) -> list[RenderedFamily]:
+    """The process's sessions against its cap (ConnectionCap.stats)."""
+    families = []
+    for key, (name, kind, help_text) in CONNECTION_STATS.items():
+        family = _Family(name, help_text, [], counter=kind == "counter")
+        family.add_metric([], stats.get(key, 0))
+        families.append(family.rendered())
+    return families
+
+
 class _Family:
     """A family with fixed label names, written with FamilyWriter (labels sorted by name,
     as prometheus_client writes them)."""

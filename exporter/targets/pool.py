@@ -197,6 +197,25 @@ class SessionPool(Generic[_Conn]):
                 self._size -= 1
                 self._freed()
 
+    def oldest_idle_since(self) -> float | None:
+        """When the least recently used idle session came back (the pool's clock), or None."""
+        with self._cond:
+            return self._idle[0][1] if self._idle and not self._closed else None
+
+    def close_oldest_idle(self) -> bool:
+        """Close the least recently used idle session, for room elsewhere (a process-wide
+        cap); whether there was one."""
+        with self._cond:
+            if not self._idle or self._closed:
+                return False
+            conn, _ = self._idle.pop(0)
+            self._born.pop(id(conn), None)
+        self._close(conn)  # before the place is free
+        with self._cond:
+            self._size -= 1
+            self._freed()
+        return True
+
     # -- stats and lifecycle -------------------------------------------------------------
 
     def get_stats(self) -> dict[str, int]:

@@ -18,6 +18,7 @@ from exporter.config import DatabaseFilter, TargetConfig
 from exporter.errors import ConnectFailed, first_line
 from exporter.logs import SecretMasker
 from exporter.status import Reachability
+from exporter.targets.connection_cap import ConnectionCap
 from exporter.targets.facts import ServerFacts, probe, probe_pgbouncer
 from exporter.targets.sessions import TargetConnections
 
@@ -30,9 +31,9 @@ _SEQ = itertools.count(1)
 class Target:
     """One monitored server: its connections, what we know about it, and its up state."""
 
-    def __init__(self, config: TargetConfig) -> None:
+    def __init__(self, config: TargetConfig, cap: ConnectionCap | None = None) -> None:
         self.config = config
-        self.connections = TargetConnections(config)
+        self.connections = TargetConnections(config, cap)
         self._masker = SecretMasker(config.secrets())
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()  # one probe at a time (see current_facts)
@@ -165,14 +166,15 @@ class Target:
 
 
 class TargetRegistry:
-    """The set of targets, safe to change while jobs run."""
+    """The set of targets, safe to change while jobs run, and the cap on their sessions."""
 
-    def __init__(self) -> None:
+    def __init__(self, cap: ConnectionCap | None = None) -> None:
         self._lock = threading.Lock()
         self._targets: dict[str, Target] = {}
+        self.cap = cap if cap is not None else ConnectionCap(None)
 
     def add(self, config: TargetConfig) -> Target:
-        target = Target(config)
+        target = Target(config, self.cap)
         with self._lock:
             if config.name in self._targets:
                 raise ValueError(f"target {config.name!r} already exists")

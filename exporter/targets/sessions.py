@@ -34,6 +34,7 @@ from psycopg.pq import Format
 
 from exporter.config import TargetConfig
 from exporter.errors import ConnectFailed, PoolBusy, first_line
+from exporter.targets.connection_cap import ConnectionCap
 from exporter.targets.pool import (
     PoolClosed,
     PoolConnectFailed,
@@ -144,6 +145,8 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     reply_limit: float = 30.0  # seconds; set per use by TargetConnections.connection()
     severed: bool = False  # cut for want of an answer
+    # Told once the session is closed (the process's cap counts it until then).
+    on_close: Callable[[psycopg.Connection[Any]], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -168,6 +171,16 @@ class BoundedConnection(psycopg.Connection[Any]):
             raise
         finally:
             _WATCHDOG.disarm(token)
+
+    def close(self) -> None:
+        super().close()
+        self.tell_closed()
+
+    def tell_closed(self) -> None:
+        """Tell on_close, once."""
+        told, self.on_close = self.on_close, None
+        if told is not None:
+            told(self)
 
     def sever(self) -> None:
         """End the session now: whatever waits on it fails at once (any thread may call it)."""
@@ -272,10 +285,12 @@ class _VisitSlot:
 
 
 class TargetConnections:
-    def __init__(self, target: TargetConfig) -> None:
+    def __init__(self, target: TargetConfig, cap: ConnectionCap | None = None) -> None:
         self._target = target
         self._kwargs = session_options(target)
         pool_size = target.max_connections - 1  # config guarantees at least 2
+        # Every session of the process, all targets together (see connection_cap).
+        self._cap = cap if cap is not None else ConnectionCap(None)
         self._freed = _Freed()
         self._visits = _VisitSlot(on_release=self._freed.tell)
         self._lock = threading.Lock()
@@ -292,11 +307,17 @@ class TargetConnections:
             check=self._check,
             reset=self._between_uses,
             close=_close_and_wait,
-            on_free=self._freed.tell,
+            on_free=self._on_free,
         )
+        self._cap.add_pool(self._pool)
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
         self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
+
+    def _on_free(self) -> None:
+        """The pool has a session idle or a place free (told under its lock)."""
+        self._freed.tell()
+        self._cap.freed()
 
     def _check(self, conn: BoundedConnection) -> None:
         """The pool's test of an idle session at checkout; a broken one is replaced."""
@@ -326,6 +347,7 @@ class TargetConnections:
             conn.sever()
         # A job opening a session meanwhile closes it itself when its connect returns.
         self._pool.close()
+        self._cap.remove_pool(self._pool)
 
     def _check_open(self) -> None:
         if self._closing:
@@ -335,7 +357,10 @@ class TargetConnections:
         """A new session, unless closing: a job that waited (for the pool, or a connect that
         timed out) must not open one after a shutdown began."""
         self._check_open()
-        conn = BoundedConnection.connect(conninfo, **options)
+        with self._cap.opening(self._target.connect_timeout) as opened:
+            conn = BoundedConnection.connect(conninfo, **options)
+            opened(conn)
+        conn.on_close = self._cap.closed
         if self._target.type == "postgres":
             conn.reply_limit = self._idle_limit
             try:
@@ -601,8 +626,20 @@ def _close_and_wait(conn: psycopg.Connection[Any]) -> None:
     against max_connections (and the role's CONNECTION LIMIT) until it has exited, which
     closes its end of the socket. A session opened in the slot the moment it is released
     would otherwise be the cap plus one on the server, and refused at a role limit equal to
-    the cap. A copy of the socket, kept past the close, sees that end of file.
+    the cap. A copy of the socket, kept past the close, sees that end of file. The process's
+    cap (on_close) is told last, for the same reason.
     """
+    told = None
+    if isinstance(conn, BoundedConnection):
+        told, conn.on_close = conn.on_close, None
+    try:
+        _close_waiting_for_the_server(conn)
+    finally:
+        if told is not None:
+            told(conn)
+
+
+def _close_waiting_for_the_server(conn: psycopg.Connection[Any]) -> None:
     if conn.closed:
         return
     try:

@@ -2,15 +2,20 @@
 a real server."""
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
+from exporter.app import Exporter
+from exporter.config import Config
 from exporter.demo.embedded import LocalPostgres
+from exporter.errors import PoolBusy
+from exporter.targets.connection_cap import ConnectionCap
 from exporter.targets.pool import PoolClosed, PoolConnectFailed, PoolTimeout, SessionPool
 from exporter.targets.sessions import TargetConnections
-from support import exporter_config, wait_for
+from support import exporter_config, scrape, value, wait_for
 
 pytestmark = pytest.mark.any_major
 
@@ -191,3 +196,120 @@ def test_a_first_run_takes_whichever_frees_first(postgres: LocalPostgres) -> Non
     finally:
         connections.close()
         runner.join(10)
+
+
+def server_now(postgres: LocalPostgres) -> Any:
+    with psycopg.connect(postgres.dsn()) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def backends(postgres: LocalPostgres, since: Any) -> int:
+    """The exporter's sessions on the server (pg_stat_activity) opened since `since`."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'pg-health-exporter' AND backend_start >= %s",
+            (since,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_process_cap_closes_the_least_recently_used_idle_session(
+    postgres: LocalPostgres,
+) -> None:
+    """max_connections_total, across targets: a new session past it closes the idle session
+    used least recently, whichever target holds it; with none idle it waits for one."""
+    config = exporter_config(postgres.dsn())
+    since = server_now(postgres)
+    cap = ConnectionCap(2)
+    a, b, c = (
+        TargetConnections(config.targets[0].model_copy(update={"name": name}), cap)
+        for name in "abc"
+    )
+    try:
+        with a.connection(wait_seconds=5) as used_by_a:
+            pid_a = used_by_a.info.backend_pid
+        with b.connection(wait_seconds=5) as used_by_b:
+            pid_b = used_by_b.info.backend_pid
+        assert cap.stats() == {"max": 2, "open": 2, "closed_for_room": 0}
+        with c.connection(wait_seconds=5):  # a's session was idle longest: it goes
+            assert cap.stats() == {"max": 2, "open": 2, "closed_for_room": 1}
+            assert backends(postgres, since) == 2
+        with b.connection(wait_seconds=5) as again:
+            assert again.info.backend_pid == pid_b  # b kept its session
+        with a.connection(wait_seconds=5) as again:
+            assert again.info.backend_pid != pid_a  # a logs in anew; c's session went
+        assert cap.stats()["closed_for_room"] == 2
+
+        # Both sessions in use: a third target waits until one comes back idle.
+        had: list[int] = []
+
+        def third() -> None:
+            with c.connection(wait_seconds=5) as conn:
+                had.append(conn.info.backend_pid)
+
+        waiter = threading.Thread(target=third)
+        with a.connection(wait_seconds=5), b.connection(wait_seconds=5) as used_by_b:
+            waiter.start()
+            assert wait_for(lambda: cap.waiting == 1, timeout=10)
+            assert backends(postgres, since) == 2
+        waiter.join(10)
+        assert had and cap.stats()["open"] == 2
+        assert backends(postgres, since) == 2
+
+        # ... and fails, naming the cap, when none does in time (connect_timeout).
+        with (
+            a.connection(wait_seconds=5),
+            b.connection(wait_seconds=5),
+            pytest.raises(PoolBusy, match="max_connections_total"),
+            c.connection(wait_seconds=5),
+        ):
+            pass
+    finally:
+        for connections in (a, b, c):
+            connections.close()
+    assert wait_for(lambda: cap.stats()["open"] == 0, timeout=10)
+
+
+def test_more_targets_than_the_process_cap_all_collect_within_it(
+    postgres: LocalPostgres, run_exporter: Callable[[Config], Exporter]
+) -> None:
+    """Eight targets, a cap of six sessions for the process (the least it may be: two
+    workers and four probes): every target is up and collected, the exporter never holds
+    more than six sessions (its gauge, and the server's pg_stat_activity), and it says that
+    it closed idle sessions to stay within them."""
+    since = server_now(postgres)
+    names = [f"t{n}" for n in range(8)]
+    config = exporter_config(
+        postgres.dsn(),
+        workers=2,
+        max_connections_total=6,
+        targets=[{"name": name, "dsn": postgres.dsn(), "connect_timeout": "2s"} for name in names],
+    )
+    port = run_exporter(config).server.port
+    most_held = 0
+
+    def every_target_collected() -> bool:
+        nonlocal most_held
+        most_held = max(most_held, backends(postgres, since))
+        samples = scrape(port)
+        held = value(samples, "pg_exporter_connections_open")
+        assert held is not None and held <= 6
+        return all(
+            value(samples, "pg_up", target=name) == 1
+            and all(
+                value(samples, "pg_exporter_collector_up", target=name, collector=collector) == 1
+                for collector in ("database", "connections")
+            )
+            for name in names
+        )
+
+    wait_for(every_target_collected, timeout=60, what="every target up and collected")
+    samples = scrape(port)
+    assert value(samples, "pg_exporter_connections_max") == 6
+    closed = value(samples, "pg_exporter_connections_closed_for_room_total")
+    assert closed is not None and closed > 0
+    assert 0 < most_held <= 6

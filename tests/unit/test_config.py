@@ -103,6 +103,10 @@ BAD_CONFIGS = [
         {"targets": [TARGET], "max_age_intervals": 0.5},
         "max_age_intervals: Input should be greater than or equal to 1",
     ),
+    (
+        {"targets": [TARGET], "workers": 8, "max_connections_total": 11},
+        "max_connections_total: must be at least workers + 4 (12)",
+    ),
     # DSNs libpq would only reject when connecting
     (
         {"targets": [{**TARGET, "dsn": "postgresql://db:notaport/app"}]},

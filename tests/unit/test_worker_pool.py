@@ -69,3 +69,36 @@ def test_a_target_runs_up_to_its_share_at_once() -> None:
     assert most == 2  # never a third: 8 workers, but the target's share is 2
     assert pool.stats()["wait_seconds"] > 0
     pool.shutdown()
+
+
+def test_fast_collectors_go_ahead_of_the_others_waiting() -> None:
+    """At start every target's first runs queue at once: the fast collectors (pg_up's
+    companions) run before the slower ones that were queued before them."""
+    pool = _DaemonThreads(1, "test", ahead=lambda job_id: job_id.endswith("/database"))
+    busy, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def job(job: Job) -> None:
+        order.append(job.id)
+        if job.id == "blocker/tables":
+            busy.set()
+            assert release.wait(DEADLINE)
+
+    blocker = pool.submit(job, Job("blocker/tables"))
+    assert busy.wait(DEADLINE)  # the one worker is taken: the rest queue
+    queued = [
+        pool.submit(job, Job(job_id))
+        for job_id in ("a/tables", "a/database", "b/indexes", "b/database", "c/statements")
+    ]
+    release.set()
+    done, _ = wait([blocker, *queued], timeout=DEADLINE)
+    assert len(done) == 6
+    assert order == [
+        "blocker/tables",
+        "a/database",
+        "b/database",  # both fast ones first, each in its order
+        "a/tables",
+        "b/indexes",
+        "c/statements",  # then the others, in theirs
+    ]
+    pool.shutdown()
