@@ -100,7 +100,8 @@ def heartbeat_limit(target: Target, every: float) -> float:
 
 
 class HeartbeatJob:
-    """Between probes, a round trip on an idle pooled session of a target that is up.
+    """Between probes, a round trip on an idle pooled session of a target that is up (or,
+    when a job holds the session and its reply is overdue, a word with the postmaster).
 
     The probe logs in anew every up_interval (15 s by default); a server that freezes
     (SIGSTOP, a paused VM, a network that drops packets) just after one would read as up until
@@ -118,12 +119,10 @@ class HeartbeatJob:
         if not target.reach.up:
             return  # down or not yet probed: the probe's to tell
         with contextlib.suppress(ConnectFailed):  # stopping
-            if target.connections.heartbeat(self._limit) is not False:
+            why = target.connections.heartbeat(self._limit)
+            if why is None:
                 return
-            target.mark_down(
-                f"no answer within {self._limit:g}s on an open session "
-                "(the server, or the network to it, stopped answering)"
-            )
+            target.mark_down(why)
             with target.publishing() as still_open:
                 if still_open:
                     publish_reach(target, self._store)

@@ -74,7 +74,13 @@ POOL_STATS: dict[str, tuple[str, str, str]] = {
     "visits_num": (
         "pg_exporter_visits_total",
         "counter",
-        "Sessions opened on the visiting connection: visits to other databases, probe logins.",
+        "Times the visiting connection was taken: visits to other databases, probe logins.",
+    ),
+    "visits_reused": (
+        "pg_exporter_visits_reused_total",
+        "counter",
+        "Visits that reused the session the visit before left open on the same database (a "
+        "login saved).",
     ),
     "visits_queued": (
         "pg_exporter_visits_queued_total",

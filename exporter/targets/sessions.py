@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.abc import Buffer, PQGen
 from psycopg.adapt import Loader
 from psycopg.pq import Format
@@ -145,6 +145,7 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     reply_limit: float = 30.0  # seconds; set per use by TargetConnections.connection()
     severed: bool = False  # cut for want of an answer
+    waiting_since: float | None = None  # monotonic: since when a reply is awaited, if one is
     # Told once the session is closed (the process's cap counts it until then).
     on_close: Callable[[psycopg.Connection[Any]], None] | None = None
 
@@ -161,6 +162,7 @@ class BoundedConnection(psycopg.Connection[Any]):
         if deadline is not None:
             limit = max(0.01, min(limit, deadline - time.monotonic()))
         token = _WATCHDOG.arm(limit, self.sever)
+        self.waiting_since = time.monotonic()
         try:
             return super().wait(gen, *args, **kwargs)
         except psycopg.OperationalError:
@@ -170,6 +172,7 @@ class BoundedConnection(psycopg.Connection[Any]):
                 ) from None
             raise
         finally:
+            self.waiting_since = None
             _WATCHDOG.disarm(token)
 
     def close(self) -> None:
@@ -228,6 +231,12 @@ class _VisitSlot:
 
     A per-database collector takes the slot for each database in turn; without priority a
     probe waiting for it could lose every race to the next visit.
+
+    A visit leaves its session parked in the slot, and a visit waiting for the same database
+    goes ahead of the others, reusing it: the per-database collectors that run together (at
+    start-up, all of them) visit the databases in the same order, so each database gets one
+    login for all of them instead of one each. Whoever takes the slot for anything else
+    closes the parked session first, so the slot still holds one connection at most.
     """
 
     def __init__(self, on_release: Callable[[], None] = lambda: None) -> None:
@@ -235,28 +244,47 @@ class _VisitSlot:
         self._cond = threading.Condition()
         self._held = False
         self._probes_waiting = 0
+        # (session, its database, when it was parked: monotonic); the holder's to take.
+        self._parked: tuple[BoundedConnection, str, float] | None = None
+        self._wanted: dict[str, int] = {}  # visits waiting, by database
         # For the self-metrics, in the pool's manner (see stats()).
         self._waiting = 0
         self._taken = 0
         self._queued = 0
         self._timeouts = 0
         self._wait_seconds = 0.0
+        self._reused = 0
 
-    def acquire(self, timeout: float, *, probe: bool = False) -> bool:
+    def acquire(self, timeout: float, *, probe: bool = False, database: str | None = None) -> bool:
+        """The slot within `timeout`: for the probe (ahead of everyone), a visit to `database`
+        (ahead of other visits when its session is parked), or anything else (None)."""
         with self._cond:
 
             def free() -> bool:
-                return not self._held and (probe or not self._probes_waiting)
+                if self._held:
+                    return False
+                if probe:
+                    return True
+                if self._probes_waiting:
+                    return False
+                parked = self._parked[1] if self._parked is not None else None
+                return parked == database or not self._wanted.get(parked or "")
 
             if not free() and timeout > 0:  # a try (timeout 0) that fails is no wait
                 self._queued += 1
                 self._waiting += 1
                 self._probes_waiting += int(probe)
+                if database is not None:
+                    self._wanted[database] = self._wanted.get(database, 0) + 1
                 started = time.monotonic()
                 try:
                     self._cond.wait_for(free, timeout)
                 finally:
                     self._probes_waiting -= int(probe)
+                    if database is not None:
+                        left = self._wanted.pop(database) - 1
+                        if left:
+                            self._wanted[database] = left
                     self._waiting -= 1
                     self._wait_seconds += time.monotonic() - started
                 self._timeouts += int(not free())
@@ -275,13 +303,42 @@ class _VisitSlot:
                 "visits_queued": self._queued,
                 "visits_errors": self._timeouts,
                 "visits_wait_ms": int(1000 * self._wait_seconds),
+                "visits_reused": self._reused,
             }
 
-    def release(self) -> None:
+    def release(self, park: tuple[BoundedConnection, str] | None = None) -> None:
+        """Give the slot back, with the session of a visit parked in it (or none)."""
         with self._cond:
+            if park is not None:
+                self._parked = (*park, time.monotonic())
             self._held = False
             self._cond.notify_all()
         self._on_release()
+
+    def unpark(self) -> tuple[BoundedConnection, str] | None:
+        """The parked session and its database, taken out (by the slot's holder)."""
+        with self._cond:
+            parked, self._parked = self._parked, None
+        return parked[:2] if parked is not None else None
+
+    def reused(self) -> None:
+        """The holder goes on with the parked session (counted)."""
+        with self._cond:
+            self._reused += 1
+
+    # -- for the process's cap (connection_cap.IdleSessions) --------------------------------
+
+    def oldest_idle_since(self) -> float | None:
+        with self._cond:
+            return self._parked[2] if self._parked is not None and not self._held else None
+
+    def close_oldest_idle(self) -> bool:
+        with self._cond:
+            if self._parked is None or self._held:
+                return False
+            conn, self._parked = self._parked[0], None
+        _close_and_wait(conn)
+        return True
 
 
 class TargetConnections:
@@ -310,6 +367,7 @@ class TargetConnections:
             on_free=self._on_free,
         )
         self._cap.add_pool(self._pool)
+        self._cap.add_pool(self._visits)
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
         self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
@@ -348,6 +406,8 @@ class TargetConnections:
         # A job opening a session meanwhile closes it itself when its connect returns.
         self._pool.close()
         self._cap.remove_pool(self._pool)
+        self._cap.remove_pool(self._visits)
+        self._visits.close_oldest_idle()  # a parked session (none while a visit runs)
 
     def _check_open(self) -> None:
         if self._closing:
@@ -413,21 +473,59 @@ class TargetConnections:
                     self._pool.putconn(pooled)
                 return
             # (None: a first run has the visiting slot instead, for a session of its own.)
-        elif not self._visits.acquire(wait_seconds):
+        elif not self._visits.acquire(wait_seconds, database=database):
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
+        park: tuple[BoundedConnection, str] | None = None
         try:
-            try:
-                conn = self._connect(self._target.conninfo(database), **self._kwargs)
-            except psycopg.OperationalError as exc:
-                raise ConnectFailed(first_line(exc)) from None
+            conn = self._parked_session(database)
+            if conn is None:
+                try:
+                    conn = self._connect(self._target.conninfo(database), **self._kwargs)
+                except psycopg.OperationalError as exc:
+                    raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = reply_limit
             try:
                 with self._in_use(conn):
                     yield conn
             finally:
-                _close_and_wait(conn)
+                if database is not None and self._reusable(conn):
+                    park = (conn, database)
+                else:
+                    _close_and_wait(conn)
         finally:
-            self._visits.release()
+            self._visits.release(park)
+            if park is not None and self._closing:  # closed meanwhile: parked too late
+                self._visits.close_oldest_idle()
+
+    def _parked_session(self, database: str | None) -> BoundedConnection | None:
+        """For the slot's new holder: the session parked there if it is on `database` and
+        still answers; any other parked session is closed (the slot's connection is the
+        holder's now)."""
+        parked = self._visits.unpark()
+        if parked is None:
+            return None
+        conn, on = parked
+        if on == database and not self._closing:
+            conn.reply_limit = self._idle_limit
+            try:
+                self._check(conn)
+                self._visits.reused()
+                return conn
+            except psycopg.Error:
+                pass  # ended by the server meanwhile: a new login
+        _close_and_wait(conn)
+        return None
+
+    def _reusable(self, conn: BoundedConnection) -> bool:
+        """Whether a visit's session may be parked: open, no transaction left, not closing."""
+        if conn.closed or conn.severed or self._closing:
+            return False
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            try:
+                conn.rollback()  # a visit that failed mid-transaction (its statement timed out)
+            except psycopg.Error:
+                return False
+        return conn.info.transaction_status == pq.TransactionStatus.IDLE
 
     def _pooled(self, wait_seconds: float, *, spare: bool) -> BoundedConnection | None:
         """A pooled session within `wait_seconds`. With `spare`, whichever comes first: a
@@ -462,25 +560,30 @@ class TargetConnections:
             if conn is not None:
                 return conn
             if self._visits.acquire(0):
+                self._parked_session(None)  # closed: the slot is this first run's
                 return None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PoolTimeout("neither a pooled session nor the visiting slot came free")
             self._freed.wait(seen, left)
 
-    def heartbeat(self, seconds: float) -> bool | None:
-        """Whether the server answers a round trip on an idle pooled session within
-        `seconds`: False when it did not (the session is cut). None when there was nothing to
-        learn that way: no session idle (a new login is the probe's to make), or the session
-        failed otherwise (ended by the server or an administrator: the probe will tell).
+    def heartbeat(self, seconds: float) -> str | None:
+        """Why the server reads as down, if a heartbeat within `seconds` says so; else None.
 
-        The round trip is a protocol Sync (an empty pipeline), which the server answers
-        without running a statement: nothing for log_statement or pg_stat_statements.
+        The heartbeat is a round trip on an idle pooled session: a protocol Sync (an empty
+        pipeline), which the server answers without running a statement, so nothing for
+        log_statement or pg_stat_statements. No answer: down (the session is cut). Nothing
+        learnt (None): the session failed otherwise (ended by the server or an
+        administrator: the probe will tell), or no session is idle, since a job holds it.
+        That job may itself be waiting on a frozen server, and would hold the session until
+        its own reply limit (12 s and more): so when a session in use has waited longer than
+        `seconds` for a reply, the postmaster is asked instead (an SSLRequest: no login, no
+        session), and no answer within `seconds` is down too.
         """
         self._check_open()
         conn = self._pool.idle_now()
         if conn is None:
-            return None
+            return self._stuck_and_silent(seconds)
         try:
             with self._in_use(conn):
                 conn.reply_limit = seconds
@@ -493,10 +596,28 @@ class TargetConnections:
                 except psycopg.Error:
                     if not conn.closed:
                         conn.close()
-                    return False if conn.severed else None
-                return True
+                    if conn.severed:
+                        return (
+                            f"no answer within {seconds:g}s on an open session "
+                            "(the server, or the network to it, stopped answering)"
+                        )
+                return None
         finally:
             self._pool.putconn(conn)
+
+    def _stuck_and_silent(self, seconds: float) -> str | None:
+        """With no session idle: why the server reads as down, if a session in use has waited
+        longer than `seconds` for a reply and the postmaster does not answer either."""
+        now = time.monotonic()
+        with self._lock:
+            waits = [c.waiting_since for c in self._used if c.waiting_since is not None]
+        longest = max((now - since for since in waits), default=0.0)
+        if longest <= seconds or postmaster_answers(self._address, seconds) is not False:
+            return None
+        return (
+            f"a session has waited {longest:.0f}s for a reply, and a new connection got no "
+            f"answer within {seconds:g}s (the server, or the network to it, stopped answering)"
+        )
 
     @contextmanager
     def fresh_session(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:
@@ -541,6 +662,7 @@ class TargetConnections:
         probe's whole time, `reported`)."""
         if self._visits.acquire(0, probe=True):
             slot.callback(self._visits.release)
+            self._parked_session(None)  # closed: the slot is the probe's
             return
         try:
             # An unopened place in the pool, or an idle session's (closed first).
@@ -550,6 +672,7 @@ class TargetConnections:
             raise ConnectFailed(STOPPING) from None
         if self._visits.acquire(seconds / 2, probe=True):
             slot.callback(self._visits.release)
+            self._parked_session(None)
             return
         self._check_open()
         # Every session busy: long statements on a healthy server, or all stuck on a frozen
@@ -574,6 +697,7 @@ class TargetConnections:
         if not self._visits.acquire(0):
             return busy
         try:
+            self._parked_session(None)
             conn = self._connect(self._target.conninfo(), **self._kwargs)
             _close_and_wait(conn)
             return busy

@@ -189,3 +189,45 @@ def test_a_server_frozen_between_probes_reads_as_down_within_connect_timeout(
     assert took <= CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
     down = [r for r in caplog.records if r.getMessage() == "target is down"]
     assert len(down) == 1 and "on an open session" in down[0].__dict__["error"], down
+
+
+def test_a_freeze_while_a_collector_holds_the_only_session_reads_as_down_in_time(
+    private_postgres: LocalPostgres, run_exporter: RunExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No session is idle for a heartbeat: a collector's long statement holds the pool's only
+    one. Frozen, that statement waits until its own reply limit (about 26 s here); the
+    heartbeat sees a reply overdue and asks the postmaster, which does not answer either, so
+    pg_up is 0 within connect_timeout all the same."""
+    caplog.set_level(logging.INFO)
+    only = {name: {"enabled": False} for name in builtin_specs() if name not in FAST_COLLECTORS}
+    busy = {
+        "help": "Holds the pooled session.",
+        "interval": "20s",
+        "timeout": "20s",
+        "queries": [{"sql": "SELECT 1 AS here FROM pg_sleep(15)", "metrics": {"here": "gauge"}}],
+    }
+    config = exporter_config(
+        private_postgres.dsn(), interval="30s", collectors={**only, "busy": busy}
+    )
+    exporter = run_exporter(config)
+    port = exporter.server.port
+
+    def sleeping() -> bool:
+        """The busy collector's statement runs, and has for more than a heartbeat's wait."""
+        with psycopg.connect(private_postgres.dsn(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                " 'pg-health-exporter' AND query LIKE '%%pg_sleep(15)%%' AND state = 'active'"
+                " AND now() - query_start > interval '2 seconds'"
+                " AND now() - query_start < interval '10 seconds'"
+            ).fetchone()
+        return row is not None and row[0] == 1 and pg_up(port) == 1
+
+    wait_for(sleeping, timeout=60, what="the busy collector's statement under way")
+    with frozen(private_postgres):
+        frozen_at = time.monotonic()
+        wait_for(lambda: pg_up(port) == 0, timeout=30, what="pg_up 0 while frozen")
+        took = time.monotonic() - frozen_at
+    assert took <= CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
+    down = [r for r in caplog.records if r.getMessage() == "target is down"]
+    assert len(down) == 1 and "for a reply" in down[0].__dict__["error"], down

@@ -313,3 +313,38 @@ def test_more_targets_than_the_process_cap_all_collect_within_it(
     closed = value(samples, "pg_exporter_connections_closed_for_room_total")
     assert closed is not None and closed > 0
     assert 0 < most_held <= 6
+
+
+def test_a_visit_reuses_the_session_parked_by_the_last_visit_to_its_database(
+    postgres: LocalPostgres, database: str, other_database: str
+) -> None:
+    """Visits to the same database one after another share one login; a visit elsewhere, or
+    the probe's new login, closes the parked session first, so the target never holds more
+    than max_connections (2: the pool's session and the slot's)."""
+    since = server_now(postgres)
+    target = exporter_config(postgres.dsn()).targets[0]
+    connections = TargetConnections(target)
+
+    def visit(name: str) -> int:
+        with connections.connection(name, wait_seconds=5) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    try:
+        with connections.connection(wait_seconds=5):  # the pool's session, held
+            first = visit(database)
+            assert visit(database) == first  # parked, then reused: no second login
+            assert backends(postgres, since) == 2
+            elsewhere = visit(other_database)
+            assert elsewhere != first  # the parked session was closed for it...
+            assert backends(postgres, since) == 2  # ...before the new login
+            with connections.fresh_session(5) as probe:  # the probe's login takes the slot
+                assert probe.info.backend_pid not in (first, elsewhere)
+                assert backends(postgres, since) == 2
+            assert visit(other_database) != elsewhere  # the probe closed what was parked
+        assert connections.stats()["visits_num"] == 5
+        assert connections.stats()["visits_reused"] == 1
+    finally:
+        connections.close()
+    assert wait_for(lambda: backends(postgres, since) == 0, timeout=10)

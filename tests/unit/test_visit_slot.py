@@ -51,3 +51,40 @@ def test_counters_like_the_pools() -> None:
     assert stats["visits_errors"] == 1
     assert stats["visits_waiting"] == 0
     assert stats["visits_wait_ms"] >= 15
+
+
+def test_a_visit_to_the_parked_database_goes_before_other_visits() -> None:
+    """A visit leaves its session parked in the slot; of the visits waiting, one to the same
+    database takes the slot first (and reuses the session), then the others in turn."""
+    slot = _VisitSlot()
+    session = object()  # the slot only keeps it
+    assert slot.acquire(0, database="a")
+    order: list[str] = []
+
+    def visit(database: str) -> None:
+        assert slot.acquire(5, database=database)
+        order.append(database)
+        slot.release()
+
+    other = threading.Thread(target=visit, args=("b",))
+    other.start()
+    wait_for(lambda: slot.stats()["visits_waiting"] == 1, timeout=5, what="b queued")
+    same = threading.Thread(target=visit, args=("a",))
+    same.start()
+    wait_for(lambda: slot.stats()["visits_waiting"] == 2, timeout=5, what="a queued")
+    slot.release(park=(session, "a"))  # type: ignore[arg-type]
+    other.join(5)
+    same.join(5)
+    assert order == ["a", "b"]
+    assert slot.unpark() == (session, "a")  # still parked: the visit to a did not take it
+    assert slot.unpark() is None
+
+
+def test_with_nobody_waiting_for_the_parked_database_anyone_may_take_the_slot() -> None:
+    slot = _VisitSlot()
+    session = object()
+    assert slot.acquire(0, database="a")
+    slot.release(park=(session, "a"))  # type: ignore[arg-type]
+    assert slot.acquire(0, database="b")  # the holder then closes what is parked
+    slot.release()
+    assert slot.acquire(0)  # a first run's session, or the probe's
