@@ -141,13 +141,16 @@ def test_first_runs_on_the_own_database_use_both_connections(
         "60s",
         "started",
         f"SELECT extract(epoch FROM statement_timestamp()) AS started, {_SESSIONS}"
-        " FROM pg_sleep(1)",
+        " FROM pg_sleep(2)",
     )
-    # Fast collectors every 15 s: no probe takes the visiting slot meanwhile.
+    # Probes every 15 s: none takes the visiting slot meanwhile. No other collector: one
+    # that runs first would hold one of the target's two workers (its share) meanwhile, for as
+    # long as it takes on a busy machine (database_size took a second in a full run).
+    others = {name: {"enabled": False} for name in builtin_specs()}
     config = exporter_config(
         postgres.dsn(user=FIRST_RUNS_ROLE),
         interval="15s",
-        collectors={"nap_a": nap, "nap_b": nap},
+        collectors={**others, "nap_a": nap, "nap_b": nap},
     )
     assert config.targets[0].max_connections == 2
     port = run_exporter(config).server.port
@@ -160,8 +163,10 @@ def test_first_runs_on_the_own_database_use_both_connections(
     samples = scrape(port)
     started = [value(samples, f"pg_{n}_started", target="pg") or 0.0 for n in ("nap_a", "nap_b")]
     sessions = [value(samples, f"pg_{n}_sessions", target="pg") for n in ("nap_a", "nap_b")]
-    assert abs(started[0] - started[1]) < 1, started  # each sleeps 1 s: they overlapped
-    assert sessions == [2, 2], sessions
+    assert abs(started[0] - started[1]) < 2, started  # each sleeps 2 s: they overlapped
+    # Counted as each statement ends: the one that ends first sees the other's session too;
+    # the other may see its own alone (a session on the visiting slot closes after its run).
+    assert max(s or 0 for s in sessions) == 2 and all(s in (1, 2) for s in sessions), sessions
 
 
 def test_slower_collectors_first_run_after_the_prompt_ones(
