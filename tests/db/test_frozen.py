@@ -148,6 +148,20 @@ def test_sigterm_while_frozen_stops_within_5s_and_visits_nothing_more(
             assert not late, f"connections opened after SIGTERM, at +{late} s"
 
 
+def down_within_connect_timeout(
+    server: LocalPostgres, port: int, caplog: pytest.LogCaptureFixture, *, reason: str
+) -> None:
+    """Frozen now, the target reads as down within connect_timeout, logged once with
+    `reason` in its error."""
+    with frozen(server):
+        frozen_at = time.monotonic()
+        wait_for(lambda: pg_up(port) == 0, timeout=30, what="pg_up 0 while frozen")
+        took = time.monotonic() - frozen_at
+    assert took <= CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
+    down = [r for r in caplog.records if r.getMessage() == "target is down"]
+    assert len(down) == 1 and reason in down[0].__dict__["error"], down
+
+
 def test_a_server_frozen_between_probes_reads_as_down_within_connect_timeout(
     private_postgres: LocalPostgres, run_exporter: RunExporter, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -182,13 +196,7 @@ def test_a_server_frozen_between_probes_reads_as_down_within_connect_timeout(
     threading.Event().wait(3 * HEARTBEAT_SECONDS)  # an observation window, not a wait for state
     assert sessions() == before  # each on the pooled session: no login
 
-    with frozen(private_postgres):
-        frozen_at = time.monotonic()
-        wait_for(lambda: pg_up(port) == 0, timeout=30, what="pg_up 0 while frozen")
-        took = time.monotonic() - frozen_at
-    assert took <= CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
-    down = [r for r in caplog.records if r.getMessage() == "target is down"]
-    assert len(down) == 1 and "on an open session" in down[0].__dict__["error"], down
+    down_within_connect_timeout(private_postgres, port, caplog, reason="on an open session")
 
 
 def test_a_freeze_while_a_collector_holds_the_only_session_reads_as_down_in_time(
@@ -224,10 +232,4 @@ def test_a_freeze_while_a_collector_holds_the_only_session_reads_as_down_in_time
         return row is not None and row[0] == 1 and pg_up(port) == 1
 
     wait_for(sleeping, timeout=60, what="the busy collector's statement under way")
-    with frozen(private_postgres):
-        frozen_at = time.monotonic()
-        wait_for(lambda: pg_up(port) == 0, timeout=30, what="pg_up 0 while frozen")
-        took = time.monotonic() - frozen_at
-    assert took <= CONNECT_TIMEOUT + SLACK, f"pg_up 0 only after {took:.1f}s"
-    down = [r for r in caplog.records if r.getMessage() == "target is down"]
-    assert len(down) == 1 and "for a reply" in down[0].__dict__["error"], down
+    down_within_connect_timeout(private_postgres, port, caplog, reason="for a reply")
