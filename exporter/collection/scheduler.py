@@ -63,11 +63,9 @@ def _heartbeat_id(target: str) -> str:
     return f"{target}/(heartbeat)"
 
 
-# A job handed to the pool: its future, the call, its target (None: no per-target share),
-# whether it goes ahead of the others, and when it was queued (monotonic).
-_Task = tuple[
-    "Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], str | None, bool, float
-]
+# A job handed to the pool: its future, the call, its target (None: no per-target share) and
+# when it was queued (monotonic).
+_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], str | None, float]
 
 
 def _job_id(args: tuple[Any, ...]) -> str | None:
@@ -106,7 +104,8 @@ class _DaemonThreads:
         self._share = share
         self._ahead = ahead
         self._lock = threading.Condition()
-        self._queue: deque[_Task] = deque()
+        # Jobs waiting for a worker: those that go ahead, then the others; each in order.
+        self._queues: tuple[deque[_Task], deque[_Task]] = (deque(), deque())
         self._by_target: dict[str, int] = {}  # jobs running, per target
         self._threads = 0
         self._idle = 0
@@ -125,7 +124,8 @@ class _DaemonThreads:
             job_id = _job_id(args)
             target = _target_of(job_id) if self._share is not None else None
             ahead = self._ahead is not None and job_id is not None and self._ahead(job_id)
-            self._queue.append((future, fn, args, kwargs, target, ahead, time.monotonic()))
+            waiting = self._queues[0 if ahead else 1]
+            waiting.append((future, fn, args, kwargs, target, time.monotonic()))
             if self._idle == 0 and self._threads < self._max and self._may_run(target):
                 self._threads += 1
                 name = f"{self._name}-{self._threads}"
@@ -143,19 +143,12 @@ class _DaemonThreads:
     def _next(self) -> _Task | None:
         """Under the lock: the first queued job whose target may run one more, of those that
         go ahead if there is one, taken out."""
-        first = None
-        for position, task in enumerate(self._queue):
-            if self._may_run(task[4]):
-                if task[5]:
-                    first = position
-                    break
-                if first is None:
-                    first = position
-        if first is None:
-            return None
-        task = self._queue[first]
-        del self._queue[first]
-        return task
+        for waiting in self._queues:
+            for position, task in enumerate(waiting):
+                if self._may_run(task[4]):
+                    del waiting[position]
+                    return task
+        return None
 
     def _work(self) -> None:
         while True:
@@ -168,7 +161,7 @@ class _DaemonThreads:
                 if task is None:  # closed
                     self._threads -= 1
                     return
-                future, fn, args, kwargs, target, _, queued_at = task
+                future, fn, args, kwargs, target, queued_at = task
                 self._running += 1
                 if target is not None:
                     self._by_target[target] = self._by_target.get(target, 0) + 1
@@ -198,7 +191,7 @@ class _DaemonThreads:
             return {
                 "workers": self._max,
                 "busy": self._running,
-                "queued": len(self._queue),
+                "queued": sum(len(waiting) for waiting in self._queues),
                 "busy_seconds": self._busy_seconds,
                 "wait_seconds": self._wait_seconds,
             }
@@ -208,7 +201,8 @@ class _DaemonThreads:
         running ones."""
         with self._lock:
             self._closed = True
-            self._queue.clear()
+            for waiting in self._queues:
+                waiting.clear()
             self._lock.notify_all()
         if wait:
             self.wait(None)
