@@ -232,11 +232,13 @@ class _VisitSlot:
     A per-database collector takes the slot for each database in turn; without priority a
     probe waiting for it could lose every race to the next visit.
 
-    A visit leaves its session parked in the slot, and a visit waiting for the same database
-    goes ahead of the others, reusing it: the per-database collectors that run together (at
-    start-up, all of them) visit the databases in the same order, so each database gets one
-    login for all of them instead of one each. Whoever takes the slot for anything else
-    closes the parked session first, so the slot still holds one connection at most.
+    A visit that ends while another visit waits for the same database parks its session in
+    the slot, and that visit goes ahead of the others, reusing it: the per-database collectors
+    that run together (at start-up, all of them) visit the databases in the same order, so
+    each database gets one login for all of them instead of one each. With no such visit
+    waiting the session is closed: a session left open on a database would fail a DROP
+    DATABASE (or a CREATE DATABASE from it as a template) there. Whoever takes the slot for
+    anything else closes a parked session first, so the slot still holds one connection.
     """
 
     def __init__(self, on_release: Callable[[], None] = lambda: None) -> None:
@@ -314,6 +316,11 @@ class _VisitSlot:
             self._held = False
             self._cond.notify_all()
         self._on_release()
+
+    def wanted(self, database: str) -> bool:
+        """Whether a visit to `database` waits for the slot now."""
+        with self._cond:
+            return bool(self._wanted.get(database))
 
     def unpark(self) -> tuple[BoundedConnection, str] | None:
         """The parked session and its database, taken out (by the slot's holder)."""
@@ -488,7 +495,7 @@ class TargetConnections:
                 with self._in_use(conn):
                     yield conn
             finally:
-                if database is not None and self._reusable(conn):
+                if database is not None and self._visits.wanted(database) and self._reusable(conn):
                     park = (conn, database)
                 else:
                     _close_and_wait(conn)

@@ -15,7 +15,7 @@ from exporter.errors import PoolBusy
 from exporter.targets.connection_cap import ConnectionCap
 from exporter.targets.pool import PoolClosed, PoolConnectFailed, PoolTimeout, SessionPool
 from exporter.targets.sessions import TargetConnections
-from support import exporter_config, scrape, value, wait_for
+from support import exporter_config, fresh_database, scrape, value, wait_for
 
 pytestmark = pytest.mark.any_major
 
@@ -315,36 +315,58 @@ def test_more_targets_than_the_process_cap_all_collect_within_it(
     assert 0 < most_held <= 6
 
 
-def test_a_visit_reuses_the_session_parked_by_the_last_visit_to_its_database(
+def test_a_visit_waiting_for_the_same_database_reuses_the_session(
     postgres: LocalPostgres, database: str, other_database: str
 ) -> None:
-    """Visits to the same database one after another share one login; a visit elsewhere, or
-    the probe's new login, closes the parked session first, so the target never holds more
-    than max_connections (2: the pool's session and the slot's)."""
+    """A visit that ends while another waits for the same database hands it its session (one
+    login for both), ahead of a visit waiting for another database; with no visit waiting for
+    its database, a visit's session is closed as it ends."""
     since = server_now(postgres)
     target = exporter_config(postgres.dsn()).targets[0]
     connections = TargetConnections(target)
+    order: list[tuple[str, int]] = []
 
-    def visit(name: str) -> int:
-        with connections.connection(name, wait_seconds=5) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-            assert row is not None
-            return int(row[0])
+    def visit(name: str) -> None:
+        with connections.connection(name, wait_seconds=10) as conn:
+            order.append((name, conn.info.backend_pid))
 
+    def queued(count: int) -> bool:
+        return connections.stats()["visits_waiting"] == count
+
+    elsewhere = threading.Thread(target=visit, args=(other_database,))
+    same = threading.Thread(target=visit, args=(database,))
     try:
-        with connections.connection(wait_seconds=5):  # the pool's session, held
-            first = visit(database)
-            assert visit(database) == first  # parked, then reused: no second login
-            assert backends(postgres, since) == 2
-            elsewhere = visit(other_database)
-            assert elsewhere != first  # the parked session was closed for it...
-            assert backends(postgres, since) == 2  # ...before the new login
-            with connections.fresh_session(5) as probe:  # the probe's login takes the slot
-                assert probe.info.backend_pid not in (first, elsewhere)
-                assert backends(postgres, since) == 2
-            assert visit(other_database) != elsewhere  # the probe closed what was parked
-        assert connections.stats()["visits_num"] == 5
-        assert connections.stats()["visits_reused"] == 1
+        with connections.connection(database, wait_seconds=5) as conn:
+            first = conn.info.backend_pid
+            elsewhere.start()
+            wait_for(lambda: queued(1), timeout=10, what="a visit elsewhere queued")
+            same.start()
+            wait_for(lambda: queued(2), timeout=10, what="a visit to the same database queued")
+        same.join(10)
+        elsewhere.join(10)
+        assert [name for name, _ in order] == [database, other_database]
+        assert order[0][1] == first  # the same session: no second login
+        assert order[1][1] != first
+        stats = connections.stats()
+        assert stats["visits_num"] == 3 and stats["visits_reused"] == 1
+        # Nobody waited for the last visit's database: its session is gone already.
+        assert backends(postgres, since) == 0
     finally:
         connections.close()
-    assert wait_for(lambda: backends(postgres, since) == 0, timeout=10)
+        same.join(10)
+        elsewhere.join(10)
+
+
+def test_a_visited_database_can_be_dropped_right_after_the_visit(postgres: LocalPostgres) -> None:
+    """No session is left open on a visited database: a plain DROP DATABASE (no FORCE), which
+    fails while any session is connected to it, succeeds as soon as the visit ended."""
+    target = exporter_config(postgres.dsn()).targets[0]
+    connections = TargetConnections(target)
+    try:
+        with fresh_database(postgres) as name:
+            with connections.connection(name, wait_seconds=5) as conn:
+                conn.execute("SELECT 1")
+            with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}"')
+    finally:
+        connections.close()
