@@ -7,9 +7,10 @@ exporter runs as users run it (`python -m exporter --config ...`). For each setu
 - server-level metrics of every target (its `database` and `connections` collectors have run),
   and every collector of every target run once, in seconds after the process started;
 - then a steady window (60 s): new server sessions per minute (pg_stat_database.sessions on
-  every cluster, less the benchmark's own), the exporter's CPU per minute, database time per
-  minute per target (pg_exporter_collector_database_seconds_total), `/metrics` p50 with gzip
-  (one scrape a second), and at its end VmRSS, VmHWM, threads and the sessions held;
+  every cluster, less the benchmark's own) and the steady rate the schedule makes of them
+  (steady_new_sessions), the exporter's CPU per minute, database time per minute per target
+  (pg_exporter_collector_database_seconds_total), `/metrics` p50 with gzip (one scrape a
+  second), and at its end VmRSS, VmHWM, threads and the sessions held;
 - the 100 clusters once more with `max_connections_total: 50`: what targets beyond the
   process's cap of sessions cost (each logs in per run);
 - with 50 clusters, one is frozen (SIGSTOP, as tests/support/freeze.py does): how long until its
@@ -40,6 +41,7 @@ import psycopg
 
 from bench.common import machine, progress, write_marked_section
 from bench.load_bench import ExporterProcess, postgres_collectors, wait_until
+from exporter.catalogue import builtin_specs
 from exporter.demo.embedded import LocalPostgres
 from support.freeze import frozen
 
@@ -55,6 +57,7 @@ SMALL = {
 }
 FAST = ("database", "connections")  # the 15 s server-level collectors
 APPLICATION = "pg-health-exporter"
+UP_INTERVAL = 15.0  # the default, which config() keeps
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Result:
     threads: int
     sessions_held: int
     new_sessions_per_min: float
+    new_sessions_steady: float
     cpu_s_per_min: float
     db_ms_per_min_per_target: float
     scrape_p50_ms: float
@@ -108,6 +112,26 @@ def collectors_run(body: str) -> dict[str, set[str]]:
     for labels, _ in _labelled(body, "pg_exporter_collector_up"):
         found.setdefault(labels["target"], set()).add(labels["collector"])
     return found
+
+
+def steady_new_sessions(body: str, targets: int, visited: int, up_interval: float) -> float:
+    """New server sessions a minute in steady state, all targets together, from the schedule:
+    a probe's login every `up_interval`, and a login per database `visited` (the target's
+    others) per run of each per-database collector at its effective interval (what the
+    database time budget made of it), none shared.
+
+    A 60 s window cannot tell this: the budget stretches the per-database collectors to many
+    minutes, so a window holds a run of theirs, one login per database each, or none."""
+    per_database = {
+        name
+        for name, spec in builtin_specs().items()
+        if spec.enabled and spec.scope == "database" and spec.target_type == "postgres"
+    }
+    rate = targets * 60 / up_interval
+    for labels, interval in _labelled(body, "pg_exporter_collector_interval_seconds"):
+        if labels["collector"] in per_database and interval > 0:
+            rate += visited * 60 / interval
+    return rate
 
 
 def series(body: str) -> int:
@@ -180,6 +204,7 @@ def measure(
     directory: Path,
     during: Callable[[ExporterProcess], None] | None = None,
     settings: dict[str, Any] | None = None,
+    visited: int = 0,
 ) -> Result:
     wanted = postgres_collectors()
     started = time.monotonic()
@@ -233,6 +258,7 @@ def measure(
         threads=status["Threads"],
         sessions_held=held,
         new_sessions_per_min=max(0.0, new_sessions),
+        new_sessions_steady=steady_new_sessions(body, len(targets), visited, UP_INTERVAL),
         cpu_s_per_min=cpu,
         db_ms_per_min_per_target=db_ms,
         scrape_p50_ms=statistics.median(latencies) * 1000,
@@ -285,7 +311,7 @@ def markdown(results: list[Result], freezes: list[FreezeResult], command: str) -
         *machine(),
         "",
         "| setup | server-level metrics | every collector once | series | VmRSS (peak) | "
-        "threads | sessions held | new sessions / min | exporter CPU / min | "
+        "threads | sessions held | new sessions / min (window; steady) | exporter CPU / min | "
         "DB ms / min / target | /metrics p50 gzip |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -293,7 +319,8 @@ def markdown(results: list[Result], freezes: list[FreezeResult], command: str) -
         lines.append(
             f"| {r.setup} | {r.server_level_s:.1f} s | {r.all_once_s:.1f} s | {r.series:,} | "
             f"{r.rss_mib:.0f} MiB ({r.hwm_mib:.0f}) | {r.threads} | {r.sessions_held} | "
-            f"{r.new_sessions_per_min:.0f} | {r.cpu_s_per_min:.2f} s | "
+            f"{r.new_sessions_per_min:.0f}; {r.new_sessions_steady:.0f} | "
+            f"{r.cpu_s_per_min:.2f} s | "
             f"{r.db_ms_per_min_per_target:.0f} | {r.scrape_p50_ms:.1f} ms |"
         )
     for f in freezes:
@@ -393,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     databases=count,
                     plan=plan,
                     directory=directory,
+                    visited=count,  # the own database (postgres) is the pool's
                 )
             )
     command = "PYTHONPATH=tests .venv/bin/python -m bench.fleet_bench" + (
