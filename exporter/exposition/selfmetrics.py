@@ -79,8 +79,8 @@ POOL_STATS: dict[str, tuple[str, str, str]] = {
     "visits_reused": (
         "pg_exporter_visits_reused_total",
         "counter",
-        "Visits that reused the session the visit before left open on the same database (a "
-        "login saved).",
+        "Visits that went on with the session of a visit to the same database that had just "
+        "ended (a login saved).",
     ),
     "visits_queued": (
         "pg_exporter_visits_queued_total",
@@ -152,7 +152,8 @@ CONNECTION_STATS: dict[str, tuple[str, str, str]] = {
     "open": (
         "pg_exporter_connections_open",
         "gauge",
-        "Sessions the process holds now (open or being opened), all targets together.",
+        "Sessions the process holds (open or being opened), all targets together, as of the "
+        "last publish.",
     ),
     "closed_for_room": (
         "pg_exporter_connections_closed_for_room_total",
