@@ -231,5 +231,12 @@ def test_a_freeze_while_a_collector_holds_the_only_session_reads_as_down_in_time
             ).fetchone()
         return row is not None and row[0] == 1 and pg_up(port) == 1
 
+    # After its first run (which may take the visiting slot, leaving the pooled session idle)
+    # every run of the busy collector holds the pool's only session.
+    wait_for(
+        lambda: value(scrape(port, timeout=2), "pg_exporter_collector_up", collector="busy") == 1,
+        timeout=60,
+        what="the busy collector's first run",
+    )
     wait_for(sleeping, timeout=60, what="the busy collector's statement under way")
     down_within_connect_timeout(private_postgres, port, caplog, reason="for a reply")
