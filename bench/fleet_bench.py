@@ -117,21 +117,24 @@ def collectors_run(body: str) -> dict[str, set[str]]:
 def steady_new_sessions(body: str, targets: int, visited: int, up_interval: float) -> float:
     """New server sessions a minute in steady state, all targets together, from the schedule:
     a probe's login every `up_interval`, and a login per database `visited` (the target's
-    others) per run of each per-database collector at its effective interval (what the
-    database time budget made of it), none shared.
+    others) per round of its per-database collectors, which comes at the shortest of their
+    effective intervals (what the database time budget and the visits' login rate made of
+    them; collection.rounds).
 
-    A 60 s window cannot tell this: the budget stretches the per-database collectors to many
-    minutes, so a window holds a run of theirs, one login per database each, or none."""
+    A 60 s window cannot tell this: the budget and the login rate stretch the per-database
+    collectors to many minutes, so a window holds a round of theirs, one login per database,
+    or none."""
     per_database = {
         name
         for name, spec in builtin_specs().items()
         if spec.enabled and spec.scope == "database" and spec.target_type == "postgres"
     }
-    rate = targets * 60 / up_interval
+    rounds: dict[str, float] = {}  # by target: its round's interval
     for labels, interval in _labelled(body, "pg_exporter_collector_interval_seconds"):
         if labels["collector"] in per_database and interval > 0:
-            rate += visited * 60 / interval
-    return rate
+            target = labels["target"]
+            rounds[target] = min(interval, rounds.get(target, interval))
+    return targets * 60 / up_interval + sum(visited * 60 / every for every in rounds.values())
 
 
 def series(body: str) -> int:

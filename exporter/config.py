@@ -28,7 +28,7 @@ from pydantic import (
 from exporter.catalogue import Collector, resolve
 from exporter.catalogue.spec import MIN_INTERVAL
 from exporter.errors import ConfigError, validation_problems
-from exporter.units import Budget, Duration, parse_listen_address
+from exporter.units import Budget, Duration, PerMinute, parse_listen_address
 
 DEFAULT_LISTEN_ADDRESS = ":9188"
 # Threads that probe targets (a login each), beside the `workers` that run collectors.
@@ -79,6 +79,9 @@ class SessionSettings(BaseModel):
     idle_in_transaction_timeout: Duration = 60.0
     # Database time the collectors may use on this server, per second (README: the budget).
     database_time_budget: Budget = 0.005
+    # New sessions a minute the per-database collectors' visits to the other databases may
+    # open, on average (README: visits to other databases; collection.rounds).
+    visit_logins_per_minute: PerMinute = 5.0
     databases: DatabaseFilter = DatabaseFilter()
     # Usually `${ENV_VAR}`; or read from password_file at load time. Never printed.
     password: SecretStr | None = None

@@ -70,10 +70,19 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
+def _off(value: Any) -> bool:
+    """Whether a setting says `off`: YAML reads a bare `off` as false."""
+    return (
+        value is None
+        or value is False
+        or (isinstance(value, str) and value.strip().lower() == "off")
+    )
+
+
 def parse_budget(value: Any) -> float | None:
     """Seconds of database time per second from `300ms` (per minute) or `0.5%` (of one core);
     None for `off`."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+    if _off(value):
         return None
     if isinstance(value, str) and (match := _PERCENT.match(value)):
         share = float(match.group(1)) / 100
@@ -95,6 +104,19 @@ def parse_budget(value: Any) -> float | None:
 
 # Database time per second; None is no budget. The config spells it per minute or in percent.
 Budget = Annotated[float | None, BeforeValidator(parse_budget)]
+
+
+def parse_rate(value: Any) -> float | None:
+    """A number of times a minute, more than none; None for `off`."""
+    if _off(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError("expected a number of times a minute, more than 0, or off")
+    return float(value)
+
+
+# Times a minute; None is no limit.
+PerMinute = Annotated[float | None, BeforeValidator(parse_rate)]
 
 
 def format_duration(seconds: float) -> str:

@@ -3,7 +3,7 @@
 import math
 from dataclasses import dataclass
 
-from exporter.collection.jobs import CollectorJob, ProbeJob
+from exporter.collection.jobs import CollectorJob, ProbeJob, run_together
 from exporter.config import Config
 from exporter.exposition.compat import derive_for
 from exporter.exposition.selfmetrics import self_metrics
@@ -38,10 +38,18 @@ def run_once(config: Config) -> Collected:
         targets = [registry.add(t) for t in config.targets]  # every pool starts connecting
         for target in targets:
             ProbeJob(target, store)()
-            for collector in enabled:
-                if collector.spec.target_type == target.config.type:
-                    # Nothing collected now expires before the caller reads it.
-                    CollectorJob(target, collector, store, max_age_intervals=math.inf)()
+            # Nothing collected now expires before the caller reads it.
+            jobs = [
+                CollectorJob(target, collector, store, max_age_intervals=math.inf)
+                for collector in enabled
+                if collector.spec.target_type == target.config.type
+            ]
+            for job in jobs:
+                if job.collector.spec.scope == "server":
+                    job()
+            # One visit per database for all the per-database collectors, as in the daemon.
+            if per_database := [job for job in jobs if job.collector.spec.scope == "database"]:
+                run_together(per_database)
         return Collected(store, {t.name: t.facts for t in registry if t.facts is not None})
     finally:
         registry.close()

@@ -1,4 +1,5 @@
-"""Background jobs: one `up` probe per target and one job per (target, collector).
+"""Background jobs: one `up` probe per target, one job per (target, collector) of server
+scope, and one round of visits per target for its per-database collectors (rounds.py).
 
 APScheduler 3.x runs them on a bounded pool of daemon threads. Each job runs at most once at a
 time (max_instances=1), missed runs collapse into one (coalesce), and a small jitter spreads
@@ -23,6 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from exporter.catalogue import Collector
 from exporter.collection.budget import Budget
 from exporter.collection.jobs import CollectorJob, HeartbeatJob, ProbeJob, jitter
+from exporter.collection.rounds import DatabaseRound
 from exporter.collection.run import QueryMemory
 from exporter.config import PROBE_WORKERS
 from exporter.exposition.store import Store
@@ -49,6 +51,7 @@ HEARTBEAT_SECONDS = 1.0
 class _HeldBack:
     """A target's slower collectors, whose first runs wait for its prompt ones'."""
 
+    target: str
     awaited: set[str]  # prompt collectors whose first run has not ended yet
     jobs: list[str]  # the slower collectors' job ids, in the order they are to run
     until: dt.datetime  # when the last of them runs at the latest
@@ -61,6 +64,10 @@ def _probe_id(target: str) -> str:
 
 def _heartbeat_id(target: str) -> str:
     return f"{target}/(heartbeat)"
+
+
+def _round_id(target: str) -> str:
+    return f"{target}/(databases)"
 
 
 # A job handed to the pool: its future, the call, its target (None: no per-target share) and
@@ -242,6 +249,7 @@ class Scheduler:
             queue.SimpleQueue()
         )
         self._held: dict[str, _HeldBack] = {}  # by target, until its prompt collectors ran
+        self._rounds: dict[str, DatabaseRound] = {}  # by job id
         self._rescheduler = threading.Thread(
             target=self._apply_changes, name="budget-rescheduler", daemon=True
         )
@@ -318,6 +326,7 @@ class Scheduler:
         if later:
             with self._lock:
                 self._held[target.name] = _HeldBack(
+                    target.name,
                     awaited,
                     [f"{target.name}/{c.name}" for c in slower if c.name in held],
                     now + later + dt.timedelta(seconds=FIRST_RUN_SPACING_SECONDS * len(slower)),
@@ -330,6 +339,7 @@ class Scheduler:
             if collector.name in held:
                 start += later
             self._add_collector_job(target, collector, start)
+        self._schedule_round(target, now + dt.timedelta(seconds=FIRST_RUN_SPACING_SECONDS))
 
     def _schedule_heartbeat(self, target: Target) -> None:
         """The target's heartbeat job, if it is a PostgreSQL server (PgBouncer's console has
@@ -374,6 +384,8 @@ class Scheduler:
         with self._lock:
             self._jobs[job_id] = job
             self._intervals[job_id] = interval
+        if collector.spec.scope == "database":
+            return  # run by the target's round (_schedule_round)
         self._scheduler.add_job(
             job,
             "interval",
@@ -384,14 +396,79 @@ class Scheduler:
             misfire_grace_time=max(1, int(interval)),
         )
 
+    def _schedule_round(self, target: Target, start: dt.datetime | None = None) -> None:
+        """The round of the target's per-database collectors, ticking as often as the most
+        frequent of them (at most the probes' interval), its next tick at `start` (a new
+        round's: now) at the latest; none if it has none."""
+        job_id = _round_id(target.name)
+        with self._lock:
+            jobs = [job for job, _ in self._round_jobs(target.name, locked=True)]
+        scheduled = self._scheduler.get_job(job_id)
+        if not jobs:
+            if scheduled is not None:
+                self._scheduler.remove_job(job_id)
+                self._rounds.pop(job_id, None)
+            return
+        tick = min(self._up_interval, *(job.collector.spec.interval for job in jobs))
+        for job in jobs:
+            job.slack = tick  # a round may start a tick after its collectors are due
+        round_ = self._rounds.get(job_id)
+        if round_ is not None and scheduled is not None:
+            if round_.tick != tick:
+                round_.tick = tick
+                self._scheduler.reschedule_job(job_id, trigger="interval", seconds=tick)
+            later = scheduled.next_run_time
+            if start is not None and later is not None and start < later:
+                self._scheduler.modify_job(job_id, next_run_time=start)
+            return
+        round_ = DatabaseRound(
+            target,
+            lambda: self._round_jobs(target.name),
+            tick=tick,
+            logins_per_minute=target.config.visit_logins_per_minute,
+        )
+        self._rounds[job_id] = round_
+        self._scheduler.add_job(
+            round_,
+            "interval",
+            seconds=tick,
+            next_run_time=start or dt.datetime.now(dt.UTC),
+            id=job_id,
+            misfire_grace_time=max(1, int(tick)),
+        )
+
+    def _round_jobs(
+        self, target: str, *, locked: bool = False
+    ) -> list[tuple[CollectorJob, float | None]]:
+        """The target's per-database collectors, each with its interval now, or None while
+        its first run is held back (see add_target)."""
+        if not locked:
+            with self._lock:
+                return self._round_jobs(target, locked=True)
+        held = self._held.get(target)
+        holding = held is not None and dt.datetime.now(dt.UTC) < held.until
+        waiting = set(held.jobs) if held is not None and holding else set()
+        return [
+            (job, None if job_id in waiting else self._intervals.get(job_id))
+            for job_id, job in self._jobs.items()
+            if job.target.name == target and job.collector.spec.scope == "database"
+        ]
+
     def _on_skipped(self, event: JobEvent) -> None:
         """A run that did not happen: the last one still runs (max_instances), or it could
         not start within its misfire grace time (every worker busy). On the scheduler's
         thread: counts and logs, and calls nothing of APScheduler's."""
+        round_ = self._rounds.get(event.job_id)
+        if round_ is not None:  # each of its collectors that was due then missed a run
+            for due in round_.due(time.monotonic()):
+                self._skipped(due, event)
+            return
         with self._lock:
             job = self._jobs.get(event.job_id)
-        if job is None:
-            return  # a probe: its lateness is pg_up's staleness
+        if job is not None:  # (a probe's lateness is pg_up's staleness)
+            self._skipped(job, event)
+
+    def _skipped(self, job: CollectorJob, event: JobEvent) -> None:
         job.skipped += 1
         if not job.behind:
             job.behind = True
@@ -411,16 +488,21 @@ class Scheduler:
     def remove_target(self, name: str) -> None:
         self._targets.pop(name, None)
         self._budgets.pop(name, None)
+        prefix = f"{name}/"
+
+        def own(job_id: str) -> bool:
+            # Its own jobs only: a probed target `h:5432` is not `h:5432/app`'s prefix owner.
+            return job_id.startswith(prefix) and "/" not in job_id[len(prefix) :]
+
+        for job in self._scheduler.get_jobs():
+            if own(job.id):
+                job.remove()
+                self._rounds.pop(job.id, None)
         with self._lock:
             self._held.pop(name, None)
-        prefix = f"{name}/"
-        for job in self._scheduler.get_jobs():
-            # Its own jobs only: a probed target `h:5432` is not `h:5432/app`'s prefix owner.
-            if job.id.startswith(prefix) and "/" not in job.id[len(prefix) :]:
-                job.remove()
-                with self._lock:
-                    self._jobs.pop(job.id, None)
-                    self._intervals.pop(job.id, None)
+            for job_id in [job_id for job_id in self._jobs if own(job_id)]:
+                self._jobs.pop(job_id, None)
+                self._intervals.pop(job_id, None)
 
     def _cost_of(self, job: CollectorJob, seconds: float) -> float:
         """A run's database time, on the job's thread: the budget may change the intervals of
@@ -429,7 +511,7 @@ class Scheduler:
         target = job.target.name
         with self._lock:
             held = self._held.get(target)
-            if held is not None:
+            if held is not None and job.name in held.awaited:
                 held.awaited.discard(job.name)
                 if not held.awaited:
                     del self._held[target]
@@ -467,8 +549,15 @@ class Scheduler:
                 log.debug("interval change not applied", extra={"job": job_id}, exc_info=True)
 
     def _release(self, held: _HeldBack) -> None:
-        """The held-back collectors' first runs, now (those that have not run meanwhile)."""
+        """The held-back collectors' first runs, now (those that have not run meanwhile);
+        the target's round of visits now too, for its held-back collectors."""
         now = dt.datetime.now(dt.UTC)
+        round_id = _round_id(held.target)
+        if round_id in self._rounds:
+            try:
+                self._scheduler.modify_job(round_id, next_run_time=now)
+            except Exception:  # removed or the scheduler stopped meanwhile
+                log.debug("round not moved", extra={"job": round_id}, exc_info=True)
         for order, job_id in enumerate(held.jobs):
             try:
                 scheduled = self._scheduler.get_job(job_id)
@@ -481,24 +570,27 @@ class Scheduler:
 
     def _reschedule(self, job_id: str, job: CollectorJob, old: float, interval: float) -> None:
         scheduled = self._scheduler.get_job(job_id)
-        if scheduled is None:
-            return
-        # Keep the phase: the next run comes `interval` after the last one, not after now, so
-        # repeated changes can never keep postponing a run.
-        now = dt.datetime.now(dt.UTC)
-        start = now
-        if scheduled.next_run_time is not None:
-            last = scheduled.next_run_time - dt.timedelta(seconds=old)
-            start = max(now, last + dt.timedelta(seconds=interval))
-        self._scheduler.reschedule_job(
-            job_id,
-            trigger="interval",
-            seconds=interval,
-            jitter=jitter(interval),
-            start_date=start,
-        )
-        # What it published stays until its next run, however far that moved.
-        self._store.set_max_age(job.target.name, job.name, interval * self._max_age_intervals)
+        if scheduled is None and job.collector.spec.scope != "database":
+            return  # removed meanwhile (a per-database collector's round reads the interval)
+        if scheduled is not None:
+            # Keep the phase: the next run comes `interval` after the last one, not after now,
+            # so repeated changes can never keep postponing a run.
+            now = dt.datetime.now(dt.UTC)
+            start = now
+            if scheduled.next_run_time is not None:
+                last = scheduled.next_run_time - dt.timedelta(seconds=old)
+                start = max(now, last + dt.timedelta(seconds=interval))
+            self._scheduler.reschedule_job(
+                job_id,
+                trigger="interval",
+                seconds=interval,
+                jitter=jitter(interval),
+                start_date=start,
+            )
+        # What it published stays until its next run, however far that moved (and no sooner
+        # than its round's spacing allows: CollectorJob.floor).
+        max_age = max(interval, job.floor) * self._max_age_intervals
+        self._store.set_max_age(job.target.name, job.name, max_age)
         log.info(
             "collector interval changed to fit the database time budget",
             extra={
@@ -524,8 +616,10 @@ class Scheduler:
         self._collectors = list(new.values())
         self._max_age_intervals = max_age_intervals
         now = dt.datetime.now(dt.UTC)
+        probes_changed, self._up_interval = up_interval != self._up_interval, up_interval
         for target in list(self._targets.values()):
-            if up_interval != self._up_interval:
+            replaced = False  # a per-database collector: its round runs now, for its first run
+            if probes_changed:
                 self._scheduler.reschedule_job(
                     _probe_id(target.name),
                     trigger="interval",
@@ -537,10 +631,11 @@ class Scheduler:
                     continue
                 previous = self._remove_job(f"{target.name}/{name}")
                 self._add_collector_job(target, collector, now, previous)
+                replaced |= collector.spec.scope == "database"
             for name in old.keys() - new.keys():
                 self._remove_job(f"{target.name}/{name}")
                 self._budgets[target.name].remove(name)
-        self._up_interval = up_interval
+            self._schedule_round(target, now if replaced else None)
         for target in list(self._targets.values()):
             self._schedule_heartbeat(target)  # probes may now come often enough, or not
         return set(old) - set(new)

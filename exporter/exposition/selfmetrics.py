@@ -76,11 +76,11 @@ POOL_STATS: dict[str, tuple[str, str, str]] = {
         "counter",
         "Times the visiting connection was taken: visits to other databases, probe logins.",
     ),
-    "visits_reused": (
-        "pg_exporter_visits_reused_total",
+    "visits_logins": (
+        "pg_exporter_visit_logins_total",
         "counter",
-        "Visits that went on with the session of a visit to the same database that had just "
-        "ended (a login saved).",
+        "New sessions opened to visit databases other than the target's own, failed ones "
+        "included (targets[].visit_logins_per_minute bounds their rate).",
     ),
     "visits_queued": (
         "pg_exporter_visits_queued_total",

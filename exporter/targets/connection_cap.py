@@ -21,8 +21,7 @@ from exporter.errors import PoolBusy
 
 
 class IdleSessions(Protocol):
-    """What the cap needs of a pool (or of a target's visiting slot, with its parked session):
-    its least recently used idle session, and closing it."""
+    """What the cap needs of a pool: its least recently used idle session, and closing it."""
 
     def oldest_idle_since(self) -> float | None: ...
 

@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 from psycopg.abc import Buffer, PQGen
 from psycopg.adapt import Loader
 from psycopg.pq import Format
@@ -229,16 +229,10 @@ class _Freed:
 class _VisitSlot:
     """The one connection slot for visits, which the probe may claim ahead of visitors.
 
-    A per-database collector takes the slot for each database in turn; without priority a
-    probe waiting for it could lose every race to the next visit.
-
-    A visit that ends while another visit waits for the same database parks its session in
-    the slot, and that visit goes ahead of the others, reusing it: the per-database collectors
-    that run together (at start-up, all of them) visit the databases in the same order, so
-    each database gets one login for all of them instead of one each. With no such visit
-    waiting the session is closed: a session left open on a database would fail a DROP
-    DATABASE (or a CREATE DATABASE from it as a template) there. Whoever takes the slot for
-    anything else closes a parked session first, so the slot still holds one connection.
+    The per-database collectors' round (collection.rounds) takes the slot for each database in
+    turn; without priority a probe waiting for it could lose every race to the next visit. A
+    visit's session closes as the visit ends: a session left open on a database would fail a
+    DROP DATABASE (or a CREATE DATABASE from it as a template) there.
     """
 
     def __init__(self, on_release: Callable[[], None] = lambda: None) -> None:
@@ -246,47 +240,30 @@ class _VisitSlot:
         self._cond = threading.Condition()
         self._held = False
         self._probes_waiting = 0
-        # (session, its database, when it was parked: monotonic); the holder's to take.
-        self._parked: tuple[BoundedConnection, str, float] | None = None
-        self._wanted: dict[str, int] = {}  # visits waiting, by database
         # For the self-metrics, in the pool's manner (see stats()).
         self._waiting = 0
         self._taken = 0
         self._queued = 0
         self._timeouts = 0
         self._wait_seconds = 0.0
-        self._reused = 0
+        self._logins = 0
 
-    def acquire(self, timeout: float, *, probe: bool = False, database: str | None = None) -> bool:
-        """The slot within `timeout`: for the probe (ahead of everyone), a visit to `database`
-        (ahead of other visits when its session is parked), or anything else (None)."""
+    def acquire(self, timeout: float, *, probe: bool = False) -> bool:
+        """The slot within `timeout`: for the probe (ahead of everyone), or anything else."""
         with self._cond:
 
             def free() -> bool:
-                if self._held:
-                    return False
-                if probe:
-                    return True
-                if self._probes_waiting:
-                    return False
-                parked = self._parked[1] if self._parked is not None else None
-                return parked == database or not self._wanted.get(parked or "")
+                return not self._held and (probe or not self._probes_waiting)
 
             if not free() and timeout > 0:  # a try (timeout 0) that fails is no wait
                 self._queued += 1
                 self._waiting += 1
                 self._probes_waiting += int(probe)
-                if database is not None:
-                    self._wanted[database] = self._wanted.get(database, 0) + 1
                 started = time.monotonic()
                 try:
                     self._cond.wait_for(free, timeout)
                 finally:
                     self._probes_waiting -= int(probe)
-                    if database is not None:
-                        left = self._wanted.pop(database) - 1
-                        if left:
-                            self._wanted[database] = left
                     self._waiting -= 1
                     self._wait_seconds += time.monotonic() - started
                 self._timeouts += int(not free())
@@ -305,47 +282,20 @@ class _VisitSlot:
                 "visits_queued": self._queued,
                 "visits_errors": self._timeouts,
                 "visits_wait_ms": int(1000 * self._wait_seconds),
-                "visits_reused": self._reused,
+                "visits_logins": self._logins,
             }
 
-    def release(self, park: tuple[BoundedConnection, str] | None = None) -> None:
-        """Give the slot back, with the session of a visit parked in it (or none)."""
+    def release(self) -> None:
+        """Give the slot back."""
         with self._cond:
-            if park is not None:
-                self._parked = (*park, time.monotonic())
             self._held = False
             self._cond.notify_all()
         self._on_release()
 
-    def wanted(self, database: str) -> bool:
-        """Whether a visit to `database` waits for the slot now."""
+    def logging_in(self) -> None:
+        """The holder logs in to visit another database (counted, whether it succeeds)."""
         with self._cond:
-            return bool(self._wanted.get(database))
-
-    def unpark(self) -> tuple[BoundedConnection, str] | None:
-        """The parked session and its database, taken out (by the slot's holder)."""
-        with self._cond:
-            parked, self._parked = self._parked, None
-        return parked[:2] if parked is not None else None
-
-    def reused(self) -> None:
-        """The holder goes on with the parked session (counted)."""
-        with self._cond:
-            self._reused += 1
-
-    # -- for the process's cap (connection_cap.IdleSessions) --------------------------------
-
-    def oldest_idle_since(self) -> float | None:
-        with self._cond:
-            return self._parked[2] if self._parked is not None and not self._held else None
-
-    def close_oldest_idle(self) -> bool:
-        with self._cond:
-            if self._parked is None or self._held:
-                return False
-            conn, self._parked = self._parked[0], None
-        _close_and_wait(conn)
-        return True
+            self._logins += 1
 
 
 class TargetConnections:
@@ -374,7 +324,6 @@ class TargetConnections:
             on_free=self._on_free,
         )
         self._cap.add_pool(self._pool)
-        self._cap.add_pool(self._visits)
         # The pool's own round trips (the check at checkout, the rollback on return) get the
         # probe's budget: they are trivial statements.
         self._idle_limit = target.connect_timeout + REPLY_GRACE_SECONDS
@@ -413,8 +362,6 @@ class TargetConnections:
         # A job opening a session meanwhile closes it itself when its connect returns.
         self._pool.close()
         self._cap.remove_pool(self._pool)
-        self._cap.remove_pool(self._visits)
-        self._visits.close_oldest_idle()  # a parked session (none while a visit runs)
 
     def _check_open(self) -> None:
         if self._closing:
@@ -480,59 +427,23 @@ class TargetConnections:
                     self._pool.putconn(pooled)
                 return
             # (None: a first run has the visiting slot instead, for a session of its own.)
-        elif not self._visits.acquire(wait_seconds, database=database):
+        elif not self._visits.acquire(wait_seconds):
             raise PoolBusy(f"the connection for visiting databases stayed busy {wait_seconds:g}s")
-        park: tuple[BoundedConnection, str] | None = None
         try:
-            conn = self._parked_session(database)
-            if conn is None:
-                try:
-                    conn = self._connect(self._target.conninfo(database), **self._kwargs)
-                except psycopg.OperationalError as exc:
-                    raise ConnectFailed(first_line(exc)) from None
+            if database is not None:
+                self._visits.logging_in()
+            try:
+                conn = self._connect(self._target.conninfo(database), **self._kwargs)
+            except psycopg.OperationalError as exc:
+                raise ConnectFailed(first_line(exc)) from None
             conn.reply_limit = reply_limit
             try:
                 with self._in_use(conn):
                     yield conn
             finally:
-                if database is not None and self._visits.wanted(database) and self._reusable(conn):
-                    park = (conn, database)
-                else:
-                    _close_and_wait(conn)
+                _close_and_wait(conn)
         finally:
-            self._visits.release(park)
-            if park is not None and self._closing:  # closed meanwhile: parked too late
-                self._visits.close_oldest_idle()
-
-    def _parked_session(self, database: str | None) -> BoundedConnection | None:
-        """For the slot's new holder: the session parked there if it is on `database` and
-        still answers; any other parked session is closed (the slot's connection is the
-        holder's now)."""
-        parked = self._visits.unpark()
-        if parked is None:
-            return None
-        conn, on = parked
-        if on == database and not self._closing:
-            conn.reply_limit = self._idle_limit
-            try:
-                self._check(conn)
-                self._visits.reused()
-                return conn
-            except psycopg.Error:
-                pass  # ended by the server meanwhile: a new login
-        _close_and_wait(conn)
-        return None
-
-    def _reusable(self, conn: BoundedConnection) -> bool:
-        """Whether a visit's session may be parked: open, no transaction left, not closing."""
-        if conn.closed or conn.severed or self._closing:
-            return False
-        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-            try:
-                conn.rollback()  # a visit that failed mid-transaction (its statement timed out)
-            except psycopg.Error:
-                return False
-        return conn.info.transaction_status == pq.TransactionStatus.IDLE
+            self._visits.release()
 
     def _pooled(self, wait_seconds: float, *, spare: bool) -> BoundedConnection | None:
         """A pooled session within `wait_seconds`. With `spare`, whichever comes first: a
@@ -567,7 +478,6 @@ class TargetConnections:
             if conn is not None:
                 return conn
             if self._visits.acquire(0):
-                self._parked_session(None)  # closed: the slot is this first run's
                 return None
             left = deadline - time.monotonic()
             if left <= 0:
@@ -669,7 +579,6 @@ class TargetConnections:
         probe's whole time, `reported`)."""
         if self._visits.acquire(0, probe=True):
             slot.callback(self._visits.release)
-            self._parked_session(None)  # closed: the slot is the probe's
             return
         try:
             # An unopened place in the pool, or an idle session's (closed first).
@@ -679,7 +588,6 @@ class TargetConnections:
             raise ConnectFailed(STOPPING) from None
         if self._visits.acquire(seconds / 2, probe=True):
             slot.callback(self._visits.release)
-            self._parked_session(None)
             return
         self._check_open()
         # Every session busy: long statements on a healthy server, or all stuck on a frozen
@@ -704,7 +612,6 @@ class TargetConnections:
         if not self._visits.acquire(0):
             return busy
         try:
-            self._parked_session(None)
             conn = self._connect(self._target.conninfo(), **self._kwargs)
             _close_and_wait(conn)
             return busy

@@ -53,6 +53,14 @@ BAD_CONFIGS = [
         "targets.0.database_time_budget: expected database time per minute",
     ),
     (
+        {"targets": [{**TARGET, "visit_logins_per_minute": 0}]},
+        "targets.0.visit_logins_per_minute: expected a number of times a minute",
+    ),
+    (
+        {"targets": [{**TARGET, "visit_logins_per_minute": "often"}]},
+        "targets.0.visit_logins_per_minute: expected a number of times a minute",
+    ),
+    (
         {"targets": []},
         "targets: none given, and neither DATA_SOURCE_NAME nor DATA_SOURCE_URI is set",
     ),
@@ -559,3 +567,19 @@ def test_misspelt_builtin_collector_is_named_as_such(
 def test_a_custom_collector_missing_a_part_is_still_reported_as_one() -> None:
     found = problems_of({"targets": [TARGET], "collectors": {"tabels": {"help": "Mine."}}})
     assert found == ["collectors.tabels.queries: Field required"]
+
+
+def test_off_written_bare_in_yaml_turns_the_limits_off(tmp_path: Path) -> None:
+    """YAML reads a bare `off` as false: the budget and the visits' login rate take it as the
+    `off` their error messages offer."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "targets:\n"
+        "  - name: pg\n"
+        "    dsn: host=db\n"
+        "    database_time_budget: off\n"
+        "    visit_logins_per_minute: off\n"
+    )
+    target = load_config(path).targets[0]
+    assert target.database_time_budget is None
+    assert target.visit_logins_per_minute is None
