@@ -206,8 +206,8 @@ class CollectorJob:
     # The shortest interval it may publish: how far apart its visits' logins are spaced
     # (collection.rounds); what it published must not expire before its next run.
     floor: float = 0.0
-    # How far past its interval a run may start before it is late, besides the jitter: the
-    # tick of the round that runs it (collection.rounds), if any.
+    # How far past its interval a run may start before it is late, besides the jitter: how
+    # long a collector due between two rounds of visits waits for the next (rounds.py).
     slack: float = 0.0
     _busy: float = 0.0  # this run's database time so far
     _priced: float = 0.0  # ... and as the budget counts it (see Ran.priced_seconds)

@@ -53,10 +53,16 @@ class DatabaseRound:
         ]
 
     def __call__(self) -> None:
+        jobs = self.due(time.monotonic())
+        while jobs:
+            self._run(jobs)
+            # Collectors whose first run was held back until others' had theirs (see
+            # Scheduler.add_target) may have been let go while this round ran: now, not a
+            # tick later.
+            jobs = [job for job in self.due(time.monotonic()) if job.fresh]
+
+    def _run(self, jobs: list[CollectorJob]) -> None:
         started = time.monotonic()
-        jobs = self.due(started)
-        if not jobs:
-            return
         first_runs_only = all(job.fresh for job in jobs)
         logins = run_together(jobs, floor=self._spacing)
         spacing = self._spacing(logins)
@@ -66,6 +72,10 @@ class DatabaseRound:
         if not (first_runs_only and started < self._not_before):
             self._not_before = max(self._not_before, started + spacing)
         self._log_spacing(spacing, logins, jobs)
+        # A collector due between two rounds waits for the next: up to a tick, or the spacing,
+        # past its interval is not late (CollectorJob.slack).
+        for job, _ in self._jobs():
+            job.slack = self.tick + spacing
         for job in jobs:
             if job.late > 0 and not job.behind:
                 job.behind = True

@@ -410,8 +410,6 @@ class Scheduler:
                 self._rounds.pop(job_id, None)
             return
         tick = min(self._up_interval, *(job.collector.spec.interval for job in jobs))
-        for job in jobs:
-            job.slack = tick  # a round may start a tick after its collectors are due
         round_ = self._rounds.get(job_id)
         if round_ is not None and scheduled is not None:
             if round_.tick != tick:
