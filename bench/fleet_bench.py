@@ -1,16 +1,19 @@
 """Benchmark: how far one exporter process goes, with many clusters or many databases.
 
-One process monitors 1, 10, 50 and 100 small PostgreSQL clusters (one static target each), and
+One process monitors 1, 10, 50 and 100 small PostgreSQL clusters (one target each: the first
+registered by its first `/probe`, the others configured), and
 one server with 10, 100, 500 and 1,000 databases, on the default collectors and intervals. The
 exporter runs as users run it (`python -m exporter --config ...`). For each setup:
 
 - server-level metrics of every target (its `database` and `connections` collectors have run),
-  and every collector of every target run once, in seconds after the process started;
+  every collector of an interval up to a minute, and every collector, of every target run
+  once, in seconds after the process started;
 - then a steady window (60 s): new server sessions per minute (pg_stat_database.sessions on
   every cluster, less the benchmark's own) and the steady rate the schedule makes of them
   (steady_new_sessions), the exporter's CPU per minute, database time per minute per target
-  (pg_exporter_collector_database_seconds_total), `/metrics` p50 with gzip (one scrape a
-  second), and at its end VmRSS, VmHWM, threads and the sessions held;
+  (pg_exporter_collector_database_seconds_total), `/metrics` and the probed cluster's
+  `/probe` p50 with gzip (one scrape of each a second), and at its end VmRSS, VmHWM, threads
+  and the sessions held;
 - the 100 clusters once more with `max_connections_total: 50`: what targets beyond the
   process's cap of sessions cost (each logs in per run);
 - with 50 clusters, one is frozen (SIGSTOP, as tests/support/freeze.py does): how long until its
@@ -96,6 +99,7 @@ class Result:
     cpu_s_per_min: float
     db_ms_per_min_per_target: float
     scrape_p50_ms: float
+    probe_p50_ms: float | None  # one target's /probe, when one was probed
 
 
 # -- the exposition, read by line (bodies of 300,000 series) -------------------------------------
@@ -180,12 +184,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def scrape_gzip(port: int) -> tuple[float, str]:
-    """Seconds for one GET /metrics with gzip on a new connection, and the body."""
+def scrape_gzip(port: int, path: str = "/metrics") -> tuple[float, str]:
+    """Seconds for one GET of `path` with gzip on a new connection, and the body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         started = time.perf_counter()
-        conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+        conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
         raw = conn.getresponse().read()
         elapsed = time.perf_counter() - started
     finally:
@@ -200,6 +204,10 @@ def config(targets: dict[str, str], **settings: Any) -> dict[str, Any]:
     return {"targets": [{"name": name, "dsn": dsn} for name, dsn in targets.items()], **settings}
 
 
+# /probe for the benchmark's clusters (all on this machine), logging in as the bootstrap role.
+PROBING = {"probe": {"allow": ["127.0.0.0/8"]}, "auth_modules": {"default": {"user": "postgres"}}}
+
+
 def measure(
     setup: str,
     servers: Sequence[LocalPostgres],
@@ -211,21 +219,32 @@ def measure(
     during: Callable[[ExporterProcess], None] | None = None,
     settings: dict[str, Any] | None = None,
     visited: int = 0,
+    probed: str | None = None,
 ) -> Result:
+    """One setup: `targets` configured, and `probed` (HOST:PORT), if any, registered by its
+    first /probe as Prometheus' service discovery would."""
     wanted = postgres_collectors()
     specs = builtin_specs()
     prompt = {name for name in wanted if specs[name].interval <= PROMPT_SECONDS}
     started = time.monotonic()
+    if probed is not None:
+        settings = {**PROBING, **(settings or {})}
     exporter = ExporterProcess(config(targets, **(settings or {})), directory)
     marks: dict[str, float] = {}
+    names = [*targets, *([probed] if probed is not None else [])]
+    probe_path = f"/probe?target={probed}"
     try:
+        if probed is not None:  # registered by its first probe, answered at once (pending)
+            wait_until(
+                lambda: exporter.get(probe_path) is not None, timeout=60, what="the first probe"
+            )
 
         def first_runs() -> bool:
             body = exporter.get()
             if body is None:
                 return False
             run = collectors_run(body)
-            everywhere = [run.get(t, set()) for t in targets]
+            everywhere = [run.get(t, set()) for t in names]
             if "server" not in marks and all(set(FAST) <= r for r in everywhere):
                 marks["server"] = time.monotonic() - started
             if "prompt" not in marks and all(prompt <= r for r in everywhere):
@@ -239,17 +258,19 @@ def measure(
         sessions_before, cpu_before = sessions(servers), cpu_seconds(pid)
         _, body = scrape_gzip(exporter.port)
         db_before, window_start = database_seconds(body), time.monotonic()
-        latencies = []
+        latencies, probes = [], []
         tick = threading.Event()
         while time.monotonic() - window_start < plan.window:
             elapsed, body = scrape_gzip(exporter.port)
             latencies.append(elapsed)
-            tick.wait(max(0.0, 1.0 - elapsed))
+            if probed is not None:
+                probes.append(scrape_gzip(exporter.port, probe_path)[0])
+            tick.wait(max(0.0, 1.0 - elapsed - sum(probes[-1:])))
         minutes = (time.monotonic() - window_start) / 60
         own = len(servers) * 2  # the two readings of sessions() are sessions too
         new_sessions = (sessions(servers) - sessions_before - own) / minutes
         cpu = (cpu_seconds(pid) - cpu_before) / minutes
-        db_ms = (database_seconds(body) - db_before) * 1000 / minutes / len(targets)
+        db_ms = (database_seconds(body) - db_before) * 1000 / minutes / len(names)
         status = exporter.status()
         held = sessions_held(servers)
         if during is not None:
@@ -258,7 +279,7 @@ def measure(
         exporter.stop()
     return Result(
         setup=setup,
-        targets=len(targets),
+        targets=len(names),
         databases=databases,
         server_level_s=marks.get("server", marks["all"]),
         prompt_once_s=marks.get("prompt", marks["all"]),
@@ -269,10 +290,11 @@ def measure(
         threads=status["Threads"],
         sessions_held=held,
         new_sessions_per_min=max(0.0, new_sessions),
-        new_sessions_steady=steady_new_sessions(body, len(targets), visited, UP_INTERVAL),
+        new_sessions_steady=steady_new_sessions(body, len(names), visited, UP_INTERVAL),
         cpu_s_per_min=cpu,
         db_ms_per_min_per_target=db_ms,
         scrape_p50_ms=statistics.median(latencies) * 1000,
+        probe_p50_ms=statistics.median(probes) * 1000 if probes else None,
     )
 
 
@@ -323,8 +345,8 @@ def markdown(results: list[Result], freezes: list[FreezeResult], command: str) -
         "",
         "| setup | server-level metrics | collectors of up to 60 s once | every collector once | "
         "series | VmRSS (peak) | threads | sessions held | new sessions / min (window; steady) | "
-        "exporter CPU / min | DB ms / min / target | /metrics p50 gzip |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "exporter CPU / min | DB ms / min / target | /metrics p50 gzip | /probe p50 gzip |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
@@ -333,7 +355,8 @@ def markdown(results: list[Result], freezes: list[FreezeResult], command: str) -
             f"{r.rss_mib:.0f} MiB ({r.hwm_mib:.0f}) | {r.threads} | {r.sessions_held} | "
             f"{r.new_sessions_per_min:.0f}; {r.new_sessions_steady:.0f} | "
             f"{r.cpu_s_per_min:.2f} s | "
-            f"{r.db_ms_per_min_per_target:.0f} | {r.scrape_p50_ms:.1f} ms |"
+            f"{r.db_ms_per_min_per_target:.0f} | {r.scrape_p50_ms:.1f} ms | "
+            f"{'-' if r.probe_p50_ms is None else f'{r.probe_p50_ms:.1f} ms'} |"
         )
     for f in freezes:
         down = "not within the freeze" if f.down_after_s is None else f"{f.down_after_s:.1f} s"
@@ -349,8 +372,10 @@ def markdown(results: list[Result], freezes: list[FreezeResult], command: str) -
 INTRO = """## A fleet in one process (`bench/fleet_bench.py`)
 
 One exporter process, default collectors and intervals, monitoring many small clusters (one
-static target each) or one server with many databases. Times are from the process's start;
-the steady window is 60 s after every collector's first run.
+target each: the first through `/probe`, registered by its first probe as service discovery
+would, the others configured) or one server with many databases. Times are from the
+process's start; the steady window is 60 s after every collector's first run, with a scrape of
+`/metrics` and one of the probed cluster's `/probe` every second.
 
 """
 
@@ -384,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 servers.append(server)
             progress(f"{size} clusters started")
             fleet = servers[:size]
-            targets = {f"c{i:03d}": s.dsn() for i, s in enumerate(fleet)}
+            # The first cluster through /probe, the others configured.
+            targets = {f"c{i:03d}": s.dsn() for i, s in enumerate(fleet) if i}
             during = None
             if size == plan.freeze_at:
                 during = freeze_one(
@@ -399,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     plan=plan,
                     directory=directory,
                     during=during,
+                    probed=f"127.0.0.1:{fleet[0].port}",
                 )
             )
         if plan.capped and plan.clusters:
