@@ -42,14 +42,15 @@ class DatabaseRound:
         self._spaced = False  # logged that the rounds are spaced out beyond their intervals
 
     def due(self, now: float) -> list[CollectorJob]:
-        """The collectors a round at `now` (monotonic) runs: those not run yet, and the others
-        whose interval has passed (give or take half a tick) once the spacing allows."""
-        slack = self.tick / 2
-        paced = now < self._not_before - slack
+        """The collectors a round at `now` (monotonic) runs: those not run yet, and, once the
+        spacing has passed (never sooner: the rate is a ceiling), the others whose interval
+        has passed, give or take half a tick."""
+        paced = now < self._not_before
         return [
             job
             for job, interval in self._jobs()
-            if interval is not None and (job.fresh or (not paced and job.due(now, interval, slack)))
+            if interval is not None
+            and (job.fresh or (not paced and job.due(now, interval, self.tick / 2)))
         ]
 
     def __call__(self) -> None:
