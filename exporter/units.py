@@ -107,12 +107,20 @@ Budget = Annotated[float | None, BeforeValidator(parse_budget)]
 
 
 def parse_rate(value: Any) -> float | None:
-    """A number of times a minute, more than none; None for `off`."""
+    """A number of times a minute, more than none (`5`, or `"5"` as `${ENV}` gives it); None
+    for `off`."""
     if _off(value):
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError("expected a number of times a minute, more than 0, or off")
-    return float(value)
+    problem = "expected a number of times a minute, more than 0, or off"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(problem)
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ValueError(problem) from None
+    if not rate > 0:
+        raise ValueError(problem)
+    return rate
 
 
 # Times a minute; None is no limit.

@@ -583,3 +583,10 @@ def test_off_written_bare_in_yaml_turns_the_limits_off(tmp_path: Path) -> None:
     target = load_config(path).targets[0]
     assert target.database_time_budget is None
     assert target.visit_logins_per_minute is None
+
+
+def test_a_rate_from_the_environment_is_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${VAR}` interpolates text: "12" is twelve logins a minute."""
+    monkeypatch.setenv("VISIT_RATE", "12")
+    raw = {"targets": [{**TARGET, "visit_logins_per_minute": "${VISIT_RATE}"}]}
+    assert parse_config(raw).targets[0].visit_logins_per_minute == 12.0
