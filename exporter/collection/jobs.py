@@ -216,10 +216,29 @@ class CollectorJob:
     _on_time_runs: int = 0  # in a row
     _last_started: float | None = None  # monotonic
     _late: float = 0.0  # how late this run started, in seconds
+    _interval: float = 0.0  # in force; 0 before the first run: as configured
 
     @property
     def name(self) -> str:
         return self.collector.name
+
+    @property
+    def interval(self) -> float:
+        """The interval in force: as configured, or stretched by the budget or by the spacing
+        of its round's visits."""
+        return self._interval or self.collector.spec.interval
+
+    def retime(self, interval: float) -> None:
+        """The budget changed this collector's interval after another collector's run: it is
+        in force, and published, now rather than from this collector's next run on (which
+        would otherwise count as late, and its data expire, by the old one)."""
+        self._interval = max(interval, self.floor)
+        self.store.retime(
+            self.target.name,
+            self.name,
+            self._interval,
+            max_age=self._interval * self.max_age_intervals,
+        )
 
     @property
     def fresh(self) -> bool:
@@ -243,7 +262,7 @@ class CollectorJob:
         started = time.monotonic()
         late = 0.0
         if self._last_started is not None:
-            interval = self.status.interval or self.collector.spec.interval
+            interval = self.interval
             allowed = interval + max(jitter(interval), self.slack)
             late = max(0.0, started - self._last_started - allowed)
         self._last_started = started
@@ -270,7 +289,7 @@ class CollectorJob:
         interval = self.collector.spec.interval
         if self.on_cost is not None:
             interval = self.on_cost(self, self._priced)
-        interval = max(interval, self.floor)
+        interval = self._interval = max(interval, self.floor)
         self.status = CollectorStatus(
             state=outcome.state,
             last_success=time.time() if ok else previous.last_success,

@@ -85,7 +85,7 @@ class DatabaseRound:
                     extra={
                         "target": self.target.name,
                         "collector": job.name,
-                        "interval": job.status.interval,
+                        "interval": job.interval,
                         "reason": "its round of visits to the databases started late",
                     },
                 )

@@ -476,7 +476,7 @@ class Scheduler:
                 extra={
                     "target": job.target.name,
                     "collector": job.name,
-                    "interval": job.status.interval or job.collector.spec.interval,
+                    "interval": job.interval,
                     "reason": "its last run is still running"
                     if still_running
                     else "no worker was free in time",
@@ -585,10 +585,9 @@ class Scheduler:
                 jitter=jitter(interval),
                 start_date=start,
             )
-        # What it published stays until its next run, however far that moved (and no sooner
-        # than its round's spacing allows: CollectorJob.floor).
-        max_age = max(interval, job.floor) * self._max_age_intervals
-        self._store.set_max_age(job.target.name, job.name, max_age)
+        # Published now; what it published stays until its next run, however far that moved
+        # (and no sooner than its round's spacing allows: CollectorJob.floor).
+        job.retime(interval)
         log.info(
             "collector interval changed to fit the database time budget",
             extra={

@@ -255,12 +255,19 @@ class Store:
             self._targets[target] = replace(current, **changes)  # type: ignore[arg-type]
             self._changed()
 
-    def set_max_age(self, target: str, collector: str, max_age: float) -> None:
-        """A collector's interval changed: its parts now expire `max_age` after publishing."""
+    def retime(self, target: str, collector: str, interval: float, *, max_age: float) -> None:
+        """A collector's interval changed between its runs (another collector's run moved the
+        budget): its status shows the new interval now, and its parts expire `max_age` after
+        they were published, not at the old interval's."""
         with self._lock:
             for key, part in self._parts.items():
                 if (key.target, key.collector) == (target, collector):
                     self._parts[key] = replace(part, expires_at=part.published_at + max_age)
+            current = self._targets.get(target)
+            status = current.collectors.get(collector) if current is not None else None
+            if current is not None and status is not None:
+                collectors = {**current.collectors, collector: replace(status, interval=interval)}
+                self._targets[target] = replace(current, collectors=collectors)
             self._changed()
 
     def forget(self, target: str, collector: str | None = None) -> None:

@@ -150,3 +150,42 @@ def test_a_query_of_its_own_slower_cadence_is_priced_at_its_share_of_every_run(
     # run before (at least the 0.5 s pause) over the query's 2 s, and never all of it again.
     for seconds in priced[1:]:
         assert 0.2 * 0.5 / 2 <= seconds < priced[0], priced
+
+
+def test_a_collector_stretched_by_anothers_run_shows_its_new_interval_at_once(
+    postgres: LocalPostgres, run_exporter: Callable[[Config], Exporter]
+) -> None:
+    """Two collectors of the same cost share a budget. Whichever runs first is stretched to
+    fit the budget alone, then, when the other's cost is known, twice as far: the exporter
+    logs that change, and /metrics must show it too, not the old interval until that
+    collector's next run (many minutes away)."""
+    sleeper = {
+        "help": "A statement that keeps the server busy for 0.3 s.",
+        "interval": "2s",
+        "timeout": "2s",
+        "queries": [
+            {
+                "name": "busy",
+                "sql": "SELECT 1 AS busy FROM pg_sleep(0.3)",
+                "metrics": {"busy": "gauge"},
+            }
+        ],
+    }
+    collectors: dict[str, object] = {name: {"enabled": False} for name in builtin_specs()}
+    collectors |= {"sleeper_a": sleeper, "sleeper_b": sleeper}
+    config = exporter_config(postgres.dsn(), collectors=collectors)
+    # 60 ms a minute: 0.3 s a run fits once in 300 s alone, once in 600 s as half of it.
+    target = config.targets[0].model_copy(update={"database_time_budget": 0.001})
+    exporter = run_exporter(config.model_copy(update={"targets": (target,)}))
+
+    def both_stretched() -> dict[str, float] | None:
+        samples = scrape(exporter.server.port)
+        found = {
+            name: value(samples, "pg_exporter_collector_interval_seconds", collector=name)
+            for name in ("sleeper_a", "sleeper_b")
+        }
+        settled = all((seconds or 0) >= 500 for seconds in found.values())
+        return {k: v or 0.0 for k, v in found.items()} if settled else None
+
+    intervals = wait_for(both_stretched, timeout=30, what="both intervals shown as shared")
+    assert max(intervals.values()) <= 1.25 * min(intervals.values()), intervals
