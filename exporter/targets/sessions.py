@@ -82,6 +82,10 @@ def session_options(target: TargetConfig) -> dict[str, Any]:
         # Catalog queries over thousands of relations pass JIT's cost threshold, and compiling
         # them costs more than running them (hundreds of ms per run at 2,000 tables).
         "jit": "off",
+        # A catalog query needs no worker processes: they come out of the server's
+        # max_parallel_workers, which its own queries share, and the clock that the database
+        # time budget reads does not see their time.
+        "max_parallel_workers_per_gather": "0",
         # The probe and every collector set a statement_timeout of their own (SET LOCAL).
         "lock_timeout": f"{int(target.lock_timeout * 1000)}ms",
         "idle_in_transaction_session_timeout": (

@@ -250,3 +250,33 @@ def test_locked_table_is_skipped_not_waited_for(postgres: LocalPostgres, planted
     assert healthy is not None and healthy < 0.1
     # The estimate reads only catalogs and statistics, which the lock does not block.
     assert bloat(samples, "table", "bloated", "estimate") is not None
+
+
+def test_a_table_grown_since_the_catalog_counted_it_is_still_considered(
+    postgres: LocalPostgres, database: str
+) -> None:
+    """Relations are sized (which stats their files) only when the catalog's page counts say
+    they may reach min_bytes; one counted small and grown by updates since, with no VACUUM or
+    ANALYZE to count again, must still be considered, not silently left out."""
+    dsn = postgres.dsn(database)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE grown (id bigint PRIMARY KEY, payload text)"
+            " WITH (autovacuum_enabled = false)"
+        )
+        conn.execute("INSERT INTO grown SELECT i, md5(i::text) FROM generate_series(1, 2000) i")
+        conn.execute("ANALYZE grown")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pages = conn.execute("SELECT relpages FROM pg_class WHERE relname = 'grown'").fetchone()
+        assert pages is not None and pages[0] * 8192 * 4 < MIN_BYTES
+        for _ in range(20):  # every row rewritten: 20 dead versions of each, no VACUUM
+            conn.execute("UPDATE grown SET payload = payload || ''")
+        size = conn.execute("SELECT pg_relation_size('grown')").fetchone()
+        assert size is not None and size[0] > MIN_BYTES
+        wait_for(lambda: table_stats(conn, "grown")[1] >= 20 * 2000, what="updates of grown")
+    samples = collect(dsn, database, "bloat", min_bytes=MIN_BYTES)
+    assert value(samples, "pg_bloat_tables_unmeasured", method="estimate") == 1
+    assert (
+        value(samples, "pg_bloat_tables_unmeasured", method="estimate", reason="stale_statistics")
+        == 1
+    )

@@ -98,12 +98,16 @@ def test_exporter_sessions_are_read_only_and_named(postgres: LocalPostgres) -> N
                 "sql": "SELECT current_setting('default_transaction_read_only') = 'on' AS read_only,"
                 " current_setting('application_name') AS app,"
                 " current_setting('lock_timeout') AS lock_timeout,"
-                " current_setting('statement_timeout') AS statement_timeout, 1 AS seen",
+                " current_setting('statement_timeout') AS statement_timeout,"
+                " current_setting('jit') AS jit,"
+                " current_setting('max_parallel_workers_per_gather') AS parallel, 1 AS seen",
                 "metrics": {
                     "read_only": "gauge",
                     "app": "label",
                     "lock_timeout": "label",
                     "statement_timeout": "label",
+                    "jit": "label",
+                    "parallel": "label",
                     "seen": "gauge",
                 },
             }
@@ -120,6 +124,9 @@ def test_exporter_sessions_are_read_only_and_named(postgres: LocalPostgres) -> N
             app="pg-health-exporter",
             lock_timeout="1s",
             statement_timeout="3s",
+            # No compiling and no worker processes for a catalog query (sessions.py).
+            jit="off",
+            parallel="0",
         )
         == 1
     )

@@ -181,6 +181,51 @@ def test_unused_index_flagged_and_kept_when_capped(postgres: LocalPostgres, data
         assert "pg_indexes_last_scan_timestamp_seconds" not in names(samples)
 
 
+def test_an_unused_index_grown_past_what_the_catalog_counted_is_still_flagged(
+    postgres: LocalPostgres, database: str
+) -> None:
+    """Indexes are sized, and judged unused, only when the catalog's page counts say they
+    may be large enough; an index built small whose table has grown since (no VACUUM or
+    ANALYZE has counted again) must not slip through."""
+    run(
+        postgres,
+        database,
+        "CREATE TABLE grown (id int, note text) WITH (autovacuum_enabled = false)",
+        "INSERT INTO grown SELECT g, 'note number ' || g FROM generate_series(1, 10) g",
+        "CREATE INDEX grown_note_idx ON grown (note)",  # counted at 10 rows: 2 pages
+        "INSERT INTO grown SELECT g, 'note number ' || g FROM generate_series(11, 20000) g",
+    )
+    threshold = 100_000
+    assert (
+        query(postgres, database, "SELECT relpages FROM pg_class WHERE relname = 'grown_note_idx'")
+        * 8192
+        * 4
+        < threshold
+    )
+    size = query(postgres, database, "SELECT pg_relation_size('grown_note_idx')")
+    assert size > threshold
+    wait_stats(
+        postgres,
+        database,
+        "(SELECT n_live_tup = 20000 FROM pg_stat_user_tables WHERE relname = 'grown')",
+        "the inserts counted",
+    )
+    samples = collect(
+        postgres,
+        database,
+        params={
+            "index_health": {"unused_min_bytes": threshold},
+            "indexes": {"unused_min_bytes": threshold},
+        },
+    )
+    unused = labelled(
+        samples, "pg_index_health_unused_index_size_bytes", database, "relname", "indexrelname"
+    )
+    assert unused == {("grown", "grown_note_idx"): size}
+    sizes = labelled(samples, "pg_indexes_size_bytes", database, "indexrelname")
+    assert sizes[("grown_note_idx",)] == size
+
+
 def test_duplicate_and_redundant_indexes(postgres: LocalPostgres, database: str) -> None:
     run(
         postgres,
