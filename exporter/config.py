@@ -33,6 +33,9 @@ from exporter.units import Budget, Duration, PerMinute, parse_listen_address
 DEFAULT_LISTEN_ADDRESS = ":9188"
 # Threads that probe targets (a login each), beside the `workers` that run collectors.
 PROBE_WORKERS = 4
+# 200 ms of database time a minute (a third of a percent of one core): at 10,000 tables about
+# 0.4 of what the Go postgres_exporter's defaults spend (BENCHMARKS.md).
+DEFAULT_DATABASE_TIME_BUDGET = 0.2 / 60
 NO_TARGETS = "none given, and neither DATA_SOURCE_NAME nor DATA_SOURCE_URI is set"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -78,7 +81,7 @@ class SessionSettings(BaseModel):
     lock_timeout: Duration = 1.0
     idle_in_transaction_timeout: Duration = 60.0
     # Database time the collectors may use on this server, per second (README: the budget).
-    database_time_budget: Budget = 0.005
+    database_time_budget: Budget = DEFAULT_DATABASE_TIME_BUDGET
     # New sessions a minute the per-database collectors' visits to the other databases may
     # open, on average (README: visits to other databases; collection.rounds).
     visit_logins_per_minute: PerMinute = 5.0

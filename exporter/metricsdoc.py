@@ -7,6 +7,7 @@ import re
 import sys
 
 from exporter.catalogue import Branch, Collector, Query, Usage, builtin_specs
+from exporter.config import DEFAULT_DATABASE_TIME_BUDGET
 from exporter.exposition.selfmetrics import (
     CONNECTION_STATS,
     POOL_STATS,
@@ -146,7 +147,7 @@ def _self_section() -> list[str]:
                 "<collector>": CollectorStatus(state=State.OK, last_success=0.0, interval=60.0)
             },
             pool={key: 0 for key in POOL_STATS},
-            budget=0.005,
+            budget=DEFAULT_DATABASE_TIME_BUDGET,
         )
     }
     lines = [

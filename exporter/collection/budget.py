@@ -2,8 +2,8 @@
 
 Each collector run measures how long its statements kept the server busy (the time between
 sending them and having their results, on the client's clock: an upper bound of the server's
-execution time). With a budget, in seconds of database time per second (0.005: half a
-percent of one core, 300 ms a minute), the collectors share it:
+execution time). With a budget, in seconds of database time per second (the default,
+200 ms a minute, is a third of a percent of one core), the collectors share it:
 
 - The fast collectors (interval at most the probe's, 15 s by default: pg_up, connections,
   database counters) always run at their interval; their cost comes off the budget first.

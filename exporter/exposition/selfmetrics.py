@@ -277,8 +277,8 @@ def _families(targets: dict[str, TargetStatus]) -> list[_Family]:
     )
     budget = _gauge(
         "pg_exporter_database_time_budget_ratio",
-        "Database time per second the target's collectors may use (0.005: half a percent "
-        "of one core, 300 ms a minute); absent without a budget.",
+        "Database time per second the target's collectors may use (the default, 200 ms a "
+        "minute, is 0.0033: a third of a percent of one core); absent without a budget.",
         labels=["target"],
     )
     available = _gauge(
