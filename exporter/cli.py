@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter import __version__
+from exporter.allocator import return_large_buffers_promptly
 from exporter.app import Exporter
 from exporter.catalogue import CollectorSpec, builtin_specs
 from exporter.collection import run_once
@@ -218,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     # Rendering in a job holds the GIL; a shorter switch interval lets a scrape that arrives
     # meanwhile be served in a millisecond or two instead of waiting up to 5 ms per switch.
     sys.setswitchinterval(0.001)
+    return_large_buffers_promptly()  # before the threads: see exporter.allocator
     exporter = Exporter(
         config, listen_address=args.listen_address, web=web, metrics_path=args.telemetry_path
     )
